@@ -1,0 +1,1 @@
+"""The `hlm` command-line entry point (subcommands per step)."""

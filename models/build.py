@@ -1,0 +1,338 @@
+"""``hlm build``: sample data -> a verified, servable artifact folder.
+
+Steps, each timed and each resumable through the embedding cache (a killed build loses
+at most one uncommitted chunk of encoding; the artifact folder itself appears only when
+complete, see ``manifest.staged_folder``):
+
+1. inputs    read the keyword corpus and the queries; split queries by hash (train/dev)
+2. teacher   export the teacher to ONNX; encode keywords and queries (cached)
+3. index     hnswlib graph over the keyword vectors + the keyword store
+4. student   MiniLM-L6 + 384->768 projection: closed-form fit, or the trained student
+             produced by ``hlm distill`` when ``student_checkpoint`` is given
+5. export    student fp32 + int8 ONNX, tokenizers, parity against PyTorch
+6. eval      student vs teacher on held-out queries; index recall against exact search
+7. manifest  sha256 of every file; rename into place
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models import data as data_mod
+from models.embedding_cache import EmbeddingCache
+from models.manifest import staged_folder, verify, write_manifest
+from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir, teacher_dir
+from models.profiles import Profile
+from models.splits import split_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inputs:
+    keyword_ids: list[str]
+    keyword_texts: list[str]
+    fit_queries: list[str]
+    heldout_queries: list[str]
+    sources: list[dict]
+    reports: list[str] = field(default_factory=list)
+
+
+def select_inputs(profile: Profile, directory: Path | None = None) -> Inputs:
+    """The keyword corpus (product titles + web-query keywords) and the query sets.
+
+    Ids are prefixed by source ("hd:", "mq:") so they stay unique and stable across files.
+    Fit queries come from the train split only, held-out queries from the dev split only.
+    """
+    directory = directory or data_mod.data_dir()
+    products = data_mod.load_sample("products", profile.products, directory)
+    topics = data_mod.load_sample("topics", profile.topics, directory)
+    msmarco = data_mod.load_sample("msmarco", None, directory)
+    judged = data_mod.load_sample_judgments(directory)
+
+    ids = [f"hd:{i}" for i in products.ids] + [f"mq:{i}" for i in topics.ids]
+    texts = products.texts + topics.texts
+    seen, keep = set(), []
+    for i, text in enumerate(texts):  # a topic may repeat a title verbatim
+        if text not in seen:
+            seen.add(text)
+            keep.append(i)
+    ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
+
+    train = [q for q in judged.queries if split_of(q) == "train"]
+    web_train = [q for q in msmarco.texts if split_of(q) == "train"]
+    fit = _interleave(train, web_train, profile.fit_queries)
+    dev = [q for q in judged.queries if split_of(q) == "dev"]
+    web_dev = [q for q in msmarco.texts if split_of(q) == "dev"]
+    heldout = _interleave(dev, web_dev, profile.heldout_queries)
+
+    sources = [
+        {"path": str(t.report.path), "rows": t.report.kept, "sha256": _sha256(t.report.path)}
+        for t in (products, topics)
+    ]
+    reports = [t.report.summary() for t in (products, topics, msmarco)] + [judged.report.summary()]
+    return Inputs(ids, texts, fit, heldout, sources, reports)
+
+
+def _interleave(a: list[str], b: list[str], limit: int | None) -> list[str]:
+    out, seen = [], set()
+    for pair in zip(a, b):
+        for q in pair:
+            if q not in seen:
+                seen.add(q)
+                out.append(q)
+    for q in a[len(b) :] + b[len(a) :]:
+        if q not in seen:
+            seen.add(q)
+            out.append(q)
+    return out[:limit] if limit is not None else out
+
+
+def _sha256(path: Path) -> str:
+    from models.manifest import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def _model_key(name: str, folder: Path, max_length: int) -> str:
+    from models.manifest import sha256_file
+
+    marker = folder / ".complete"
+    digest = marker.read_text().strip() if marker.is_file() else sha256_file(folder / "model.safetensors")
+    return f"{name}-{digest[:16]}-L{max_length}"
+
+
+class Timer:
+    def __init__(self):
+        self.steps: dict[str, float] = {}
+
+    def step(self, name: str):
+        timer = self
+
+        class _Step:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                print(f"[build] {name} …", flush=True)
+
+            def __exit__(self, *exc):
+                timer.steps[name] = round(time.perf_counter() - self.start, 2)
+                if exc[0] is None:
+                    print(f"[build] {name} done in {timer.steps[name]:.1f} s", flush=True)
+
+        return _Step()
+
+
+def cached_encode(encoder, cache: EmbeddingCache, texts: list[str], label: str) -> np.ndarray:
+    with tqdm(total=len(texts), desc=f"encode {label}", unit="text", mininterval=2) as bar:
+        return cache.encode(texts, lambda batch: encoder.encode_many(batch, 64), progress=bar.update)
+
+
+def build(
+    profile: Profile,
+    out_dir: Path,
+    data_directory: Path | None = None,
+    student_checkpoint: Path | None = None,
+    threads: int = 2,
+) -> dict:
+    """Build an artifact for ``profile`` into ``out_dir`` and return its manifest."""
+    import torch
+
+    from models import export as export_mod
+    from models.encoders import load_student_base, load_teacher, tokenizer_path
+    from models.index_build import build_hnsw, ef_for_recall, hnsw_recall
+    from service.encoder import OnnxEncoder
+    from service.index import write_store
+
+    torch.set_num_threads(threads)
+    timer = Timer()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+
+    with timer.step("inputs"):
+        inputs = select_inputs(profile, data_directory)
+        for line in inputs.reports:
+            print(f"  {line}")
+        print(
+            f"  keywords {len(inputs.keyword_texts)}, fit queries {len(inputs.fit_queries)}, "
+            f"held-out queries {len(inputs.heldout_queries)}"
+        )
+
+    with staged_folder(out_dir) as stage:
+        with timer.step("teacher"):
+            teacher_torch = load_teacher()
+            teacher_onnx = stage / "teacher" / "model.onnx"
+            export_mod.export_onnx(teacher_torch, teacher_onnx, tokenizer_path("teacher"))
+            export_mod.copy_tokenizer(tokenizer_path("teacher"), stage / "teacher" / "tokenizer.json", profile.max_length)
+            teacher = OnnxEncoder(teacher_onnx, stage / "teacher" / "tokenizer.json", profile.max_length, threads)
+            teacher_cache = EmbeddingCache(_model_key("mpnet", teacher_dir(), profile.max_length), teacher.dim)
+            keyword_vectors = cached_encode(teacher, teacher_cache, inputs.keyword_texts, "keywords (teacher)")
+            fit_targets = cached_encode(teacher, teacher_cache, inputs.fit_queries, "fit queries (teacher)")
+            heldout_teacher = cached_encode(teacher, teacher_cache, inputs.heldout_queries, "held-out (teacher)")
+
+        with timer.step("index"):
+            (stage / "index").mkdir()
+            index = build_hnsw(keyword_vectors, stage / "index" / "keywords.hnsw", profile.hnsw_m, profile.hnsw_ef_construction, threads)
+            write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
+
+        with timer.step("student"):
+            student_torch, student_note = _make_student(profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads)
+
+        with timer.step("export"):
+            student_onnx = stage / "student" / "model.onnx"
+            student_int8 = stage / "student" / "model.int8.onnx"
+            export_mod.copy_tokenizer(tokenizer_path("student"), stage / "student" / "tokenizer.json", profile.max_length)
+            export_mod.export_onnx(student_torch, student_onnx, tokenizer_path("student"))
+            export_mod.quantize_int8(student_onnx, student_int8)
+            student = OnnxEncoder(student_onnx, stage / "student" / "tokenizer.json", profile.max_length, threads)
+            student8 = OnnxEncoder(student_int8, stage / "student" / "tokenizer.json", profile.max_length, threads)
+            probe = inputs.heldout_queries[:64]
+            parity = {
+                "teacher_onnx_vs_torch": export_mod.cosine_parity(
+                    teacher.encode_many(probe), export_mod.torch_encode(teacher_torch, tokenizer_path("teacher"), probe)
+                ),
+                "student_onnx_vs_torch": export_mod.cosine_parity(
+                    student.encode_many(probe), export_mod.torch_encode(student_torch, tokenizer_path("student"), probe)
+                ),
+                "student_int8_vs_fp32": export_mod.cosine_parity(student8.encode_many(probe), student.encode_many(probe)),
+            }
+            for name, p in parity.items():
+                print(f"  parity {name}: mean cosine {p['mean_cosine']:.5f}, min {p['min_cosine']:.5f}")
+            del teacher_torch
+
+        with timer.step("eval"):
+            summary = _agreement(
+                inputs.heldout_queries, heldout_teacher, keyword_vectors,
+                {"student_fp32": student, "student_int8": student8},
+            )
+            summary["hnsw_recall_at_10"] = round(hnsw_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
+            summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(index, keyword_vectors, heldout_teacher)
+            summary["parity"] = parity
+            (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+            for name in ("student_fp32", "student_int8"):
+                s = summary[name]
+                print(f"  {name}: overlap@10 with teacher {s['overlap_at_10']:.3f}, mean cosine {s['mean_cosine']:.3f}")
+            print(f"  hnsw recall@10 at ef={profile.hnsw_ef}: {summary['hnsw_recall_at_10']}")
+
+        with timer.step("manifest"):
+            manifest = write_manifest(stage, _manifest(profile, inputs, teacher, student, student_note, summary))
+            verify(stage)
+
+    total = round(time.perf_counter() - started, 1)
+    manifest = verify(out_dir, checksums=False)
+    _print_summary(out_dir, manifest, timer.steps, total, inputs)
+    timings_path = out_dir.parent / f"{out_dir.name}.build-timings.json"
+    timings_path.write_text(json.dumps({"steps_s": timer.steps, "total_s": total, "machine": platform.node()}, indent=2))
+    return manifest
+
+
+def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, threads):
+    """The student slot: a trained checkpoint if given, else the closed-form linear fit."""
+    from models.encoders import load_student_base, tokenizer_path
+    from models.export import export_onnx
+    from models.student_linear import attach_projection, fit_projection
+    from service.encoder import OnnxEncoder
+
+    if checkpoint is not None:
+        from models.distill.checkpoint import load_student_checkpoint
+
+        return load_student_checkpoint(checkpoint), f"trained student from {checkpoint}"
+
+    base = load_student_base()
+    # The base model's own vectors of the fit texts, via a temporary ONNX export (bulk
+    # encoding is several times faster in ONNX Runtime than in eager PyTorch).
+    base_key = _model_key("minilm-l6", student_base_dir(), profile.max_length)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base_onnx = Path(tmp) / "base.onnx"
+        export_onnx(base, base_onnx, tokenizer_path("student"))
+        base_encoder = OnnxEncoder(base_onnx, tokenizer_path("student"), profile.max_length, threads)
+        cache = EmbeddingCache(base_key, base_encoder.dim)
+        fit_texts = inputs.fit_queries + inputs.keyword_texts
+        x = cached_encode(base_encoder, cache, fit_texts, "fit texts (student base)")
+    y = np.concatenate([fit_targets, keyword_vectors])
+    weight, bias = fit_projection(x, y, profile.ridge)
+    return attach_projection(base, weight, bias), f"{STUDENT_BASE_NAME} + linear 384->768 (closed-form ridge fit on {len(x)} texts)"
+
+
+def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
+    from models.index_build import exact_top_k
+    from models.metrics import overlap_at_k
+
+    k = min(10, len(keyword_vectors))
+    teacher_top = exact_top_k(keyword_vectors, teacher_vectors, k)
+    out = {"heldout_queries": len(queries), "k": k}
+    for name, encoder in students.items():
+        vectors = encoder.encode_many(queries)
+        top = exact_top_k(keyword_vectors, vectors, k)
+        overlap = np.mean([overlap_at_k(a, b, k) for a, b in zip(top.tolist(), teacher_top.tolist())])
+        cosine = float((vectors * teacher_vectors).sum(axis=1).mean())
+        out[name] = {"overlap_at_10": round(float(overlap), 4), "mean_cosine": round(cosine, 4)}
+    # Chance level: the overlap two random top-k lists would have.
+    out["chance_overlap_at_10"] = round(k / len(keyword_vectors), 6)
+    return out
+
+
+def _manifest(profile, inputs, teacher, student, student_note, summary) -> dict:
+    encoder_common = {"pooling": "mean", "normalized": True, "max_length": profile.max_length,
+                      "inputs": ["input_ids", "attention_mask"], "output": "embedding"}
+    return {
+        "name": profile.name,
+        "profile": asdict(profile),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoders": {
+            "teacher": {
+                **encoder_common,
+                "onnx": "teacher/model.onnx",
+                "onnx_int8": None,
+                "tokenizer": "teacher/tokenizer.json",
+                "dim": teacher.dim,
+                "model": TEACHER_NAME,
+            },
+            "student": {
+                **encoder_common,
+                "onnx": "student/model.onnx",
+                "onnx_int8": "student/model.int8.onnx",
+                "default_precision": "int8",
+                "tokenizer": "student/tokenizer.json",
+                "dim": student.dim,
+                "model": student_note,
+                "base_model": STUDENT_BASE_NAME,
+            },
+        },
+        "index": {
+            "path": "index/keywords.hnsw",
+            "store": "index/keywords.tsv",
+            "library": "hnswlib",
+            "space": "ip",
+            "dim": teacher.dim,
+            "M": profile.hnsw_m,
+            "ef_construction": profile.hnsw_ef_construction,
+            "ef": profile.hnsw_ef,
+            "count": len(inputs.keyword_ids),
+        },
+        "corpus": {"rows": len(inputs.keyword_ids), "sources": inputs.sources},
+        "eval": summary,
+        "servable": True,
+    }
+
+
+def _print_summary(out_dir: Path, manifest: dict, steps: dict, total: float, inputs: Inputs) -> None:
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print("\n[build] summary")
+    print(f"  artifact   {out_dir} ({size / 1e6:.1f} MB, sha256 {manifest['artifact_sha256'][:12]}…)")
+    print(f"  keywords   {manifest['index']['count']} rows, {manifest['index']['dim']}-d, "
+          f"M={manifest['index']['M']} ef_construction={manifest['index']['ef_construction']} ef={manifest['index']['ef']}")
+    print(f"  queries    {len(inputs.fit_queries)} fit (train split), {len(inputs.heldout_queries)} held out (dev split)")
+    for rel, info in sorted(manifest["files"].items()):
+        print(f"  file       {rel:28s} {info['bytes'] / 1e6:8.1f} MB")
+    print("  timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()) + f"; total {total:.1f}s")

@@ -1,0 +1,165 @@
+"""The artifact folder contract: write, checksum and verify ``manifest.json``.
+
+Standard library only, so the serving environment (no torch) can import it.
+
+An artifact folder looks like this (paths relative to the folder)::
+
+    manifest.json
+    student/model.onnx          fp32 student: input_ids, attention_mask -> embedding
+    student/model.int8.onnx     dynamic int8 copy of the student
+    student/tokenizer.json      padding off, truncation at max_length
+    teacher/model.onnx          fp32 teacher, same signature
+    teacher/tokenizer.json
+    index/keywords.hnsw         hnswlib index, label i == row i of the store
+    index/keywords.tsv          keyword store: id <TAB> text, one row per label
+    eval.json                   evaluation summary (optional)
+
+Every ONNX encoder takes ``input_ids`` and ``attention_mask`` (int64, [batch, seq])
+and returns ``embedding`` (float32, [batch, dim]), mean-pooled and L2-normalised
+inside the graph, so the runtime needs no post-processing.
+
+The service trusts nothing the manifest does not vouch for: ``verify`` raises
+``ArtifactError`` with one sentence for a missing file, a wrong checksum, an
+unreadable manifest or inconsistent dimensions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+ENCODER_NAMES = ("student", "teacher")
+
+
+class ArtifactError(Exception):
+    """An artifact folder that must not be served; the message is one sentence."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``root`` except the manifest itself."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME:
+            rel = path.relative_to(root).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fill in ``files`` and ``artifact_sha256`` and write the manifest atomically."""
+    manifest = dict(manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["files"] = describe_files(root)
+    manifest["artifact_sha256"] = artifact_hash(manifest["files"])
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, root / MANIFEST_NAME)
+    return manifest
+
+
+def artifact_hash(files: dict[str, dict[str, Any]]) -> str:
+    """One hash for the whole artifact: the hash of its file hashes."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(f"{rel}\0{files[rel]['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST_NAME
+    if not Path(root).is_dir():
+        raise ArtifactError(f"Artifact folder {root} does not exist; run `hlm build` first.")
+    if not path.is_file():
+        raise ArtifactError(f"Artifact folder {root} has no {MANIFEST_NAME}; it is incomplete or not an artifact.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is not readable JSON ({exc.__class__.__name__}: {exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} is not a version-{FORMAT_VERSION} manifest.")
+    return manifest
+
+
+def verify(root: Path | str, *, checksums: bool = True) -> dict[str, Any]:
+    """Read the manifest and check every promise it makes; return it if all hold."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{root / MANIFEST_NAME} lists no files.")
+    for rel, info in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise ArtifactError(f"Artifact file {rel} named in the manifest is missing from {root}.")
+        if path.stat().st_size != info.get("bytes"):
+            raise ArtifactError(
+                f"Artifact file {rel} is {path.stat().st_size} bytes but the manifest says {info.get('bytes')} (truncated or replaced)."
+            )
+        if checksums and sha256_file(path) != info.get("sha256"):
+            raise ArtifactError(f"Artifact file {rel} does not match its sha256 in the manifest (corrupted or replaced).")
+    _check_references(root, manifest)
+    return manifest
+
+
+def _check_references(root: Path, manifest: dict[str, Any]) -> None:
+    files = manifest["files"]
+    index = manifest.get("index") or {}
+    dim = index.get("dim")
+    for key in ("path", "store"):
+        if index.get(key) not in files:
+            raise ArtifactError(f"The manifest's index.{key} ({index.get(key)!r}) is not one of its files.")
+    encoders = manifest.get("encoders") or {}
+    for name in ENCODER_NAMES:
+        enc = encoders.get(name)
+        if not isinstance(enc, dict):
+            raise ArtifactError(f"The manifest describes no {name} encoder.")
+        for key in ("onnx", "tokenizer"):
+            if enc.get(key) not in files:
+                raise ArtifactError(f"The manifest's encoders.{name}.{key} ({enc.get(key)!r}) is not one of its files.")
+        if enc.get("onnx_int8") is not None and enc["onnx_int8"] not in files:
+            raise ArtifactError(f"The manifest's encoders.{name}.onnx_int8 is not one of its files.")
+        if enc.get("dim") != dim:
+            raise ArtifactError(
+                f"The {name} encoder outputs {enc.get('dim')}-d vectors but the index holds {dim}-d vectors."
+            )
+
+
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; rename it into place on success.
+
+    A crash or an exception leaves ``final`` untouched (the old artifact, or nothing),
+    never half an artifact. The previous artifact, if any, is replaced only after the
+    new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,40 @@
+"""Build profiles: how much of the sample data a build uses, and the index parameters.
+
+- ``demo`` (default): a subset sized so the build finishes in about 15 minutes on a
+  2-core machine after install (teacher encoding is the bulk: ~85 short texts/s,
+  ~40 titles/s).
+- ``full``: every keyword and query of the sample data (teacher encoding alone ~35 min).
+- ``small``: a few hundred rows, for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    products: int | None  # Home Depot product titles in the keyword corpus (None = all)
+    topics: int | None  # Million Query topics in the keyword corpus (None = all)
+    fit_queries: int | None  # train-split queries whose teacher vectors align the student
+    heldout_queries: int  # dev-split queries for the student-vs-teacher check
+    # hnswlib parameters; inner product on L2-normalised vectors == cosine.
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 64
+    max_length: int = 128  # token limit of both encoders
+    ridge: float = 1e-2  # regularisation of the closed-form projection fit
+
+
+PROFILES = {
+    "small": Profile("small", products=300, topics=200, fit_queries=300, heldout_queries=100),
+    "demo": Profile("demo", products=6000, topics=4000, fit_queries=4000, heldout_queries=600),
+    "full": Profile("full", products=None, topics=None, fit_queries=None, heldout_queries=2000),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})

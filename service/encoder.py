@@ -1,0 +1,118 @@
+"""ONNX Runtime sentence encoder: tokenizer.json + model.onnx -> normalised vectors.
+
+Torch-free; used online by the service and offline by the build for bulk encoding.
+The graph already does mean pooling and L2 normalisation (see models/manifest.py), so
+this module only tokenises, pads to the longest text in the batch, and runs the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def load_tokenizer(path: Path | str, max_length: int = DEFAULT_MAX_LENGTH) -> Tokenizer:
+    """Load a tokenizer with fixed-length padding turned off.
+
+    The packaged tokenizer.json files pad every input to 128 tokens, which makes a short
+    query cost ten times more; here a batch is padded only to its longest member.
+    """
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    pad_id = tokenizer.token_to_id("<pad>")
+    pad_token = "<pad>"
+    if pad_id is None:
+        pad_id, pad_token = tokenizer.token_to_id("[PAD]") or 0, "[PAD]"
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """'auto' takes CUDA when this onnxruntime build sees a GPU, else the CPU."""
+    available = ort.get_available_providers()
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError("HLM_PROVIDER=cuda but this onnxruntime has no CUDAExecutionProvider.")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider == "auto" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass
+class Encoded:
+    vectors: np.ndarray  # float32 [n, dim], L2-normalised
+    truncated: list[bool]  # the text was longer than the model's token limit
+    tokens: int  # tokens in the padded batch (batch * longest)
+
+
+class OnnxEncoder:
+    """One ONNX Runtime session and its tokenizer."""
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        tokenizer_path: Path | str,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        threads: int = 1,
+        provider: str = "cpu",
+    ):
+        options = ort.SessionOptions()
+        # One intra-op thread was faster and steadier than two on these 2-core machines.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), options, providers=resolve_providers(provider))
+        self.provider = self.session.get_providers()[0]
+        self.tokenizer = load_tokenizer(tokenizer_path, max_length)
+        self.max_length = max_length
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+        log.info("encoder %s runs on %s", Path(model_path).name, self.provider)
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        (vectors,) = self.session.run(["embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        truncated = [bool(e.overflowing) for e in encodings]
+        return Encoded(np.ascontiguousarray(vectors, dtype=np.float32), truncated, int(input_ids.size))
+
+    def encode_many(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Bulk encoding: length-sorted batches (little padding), results in input order."""
+        lengths = [len(e.ids) for e in self._lengths_tokenizer().encode_batch(list(texts))]
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.encode([texts[i] for i in chunk]).vectors
+            if progress:
+                progress(len(chunk))
+        return out
+
+    def _lengths_tokenizer(self) -> Tokenizer:
+        # A copy without padding, to measure each text's own length.
+        if not hasattr(self, "_unpadded"):
+            self._unpadded = Tokenizer.from_str(self.tokenizer.to_str())
+            self._unpadded.no_padding()
+        return self._unpadded
+
+
+def default_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
