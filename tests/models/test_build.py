@@ -1,0 +1,72 @@
+"""The small real build: a verified artifact whose encoders and index behave."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from models.manifest import ArtifactError, verify
+from service.encoder import OnnxEncoder
+from service.index import KeywordIndex
+
+pytestmark = pytest.mark.slow
+
+
+def open_encoder(root, name, precision="fp32"):
+    enc = verify(root, checksums=False)["encoders"][name]
+    model = enc["onnx_int8"] if precision == "int8" else enc["onnx"]
+    return OnnxEncoder(root / model, root / enc["tokenizer"], enc["max_length"])
+
+
+def open_index(root):
+    m = verify(root, checksums=False)["index"]
+    return KeywordIndex(root / m["path"], root / m["store"], m["dim"], m["ef"])
+
+
+def test_artifact_verifies_and_describes_itself(small_artifact):
+    manifest = verify(small_artifact)
+    assert manifest["index"]["count"] == 500
+    assert manifest["encoders"]["student"]["dim"] == manifest["encoders"]["teacher"]["dim"] == 768
+    assert {"student/model.onnx", "student/model.int8.onnx", "teacher/model.onnx", "eval.json"} <= set(manifest["files"])
+    tok = json.loads((small_artifact / "student/tokenizer.json").read_text())
+    assert tok["padding"] is None  # fixed-length padding turned off
+
+
+def test_teacher_finds_each_keyword_itself(small_artifact):
+    teacher, index = open_encoder(small_artifact, "teacher"), open_index(small_artifact)
+    texts = index.texts[::25]
+    hits = index.search(teacher.encode(texts).vectors, 1)
+    assert [h[0].text for h in hits] == texts
+    assert all(h[0].score > 0.99 for h in hits)
+
+
+def test_student_agrees_with_teacher_far_above_chance(small_artifact):
+    report = json.loads((small_artifact / "eval.json").read_text())
+    chance = report["chance_overlap_at_10"]
+    for name in ("student_fp32", "student_int8"):
+        assert report[name]["overlap_at_10"] > 10 * chance, report
+
+
+def test_onnx_matches_pytorch(small_artifact):
+    parity = json.loads((small_artifact / "eval.json").read_text())["parity"]
+    assert parity["teacher_onnx_vs_torch"]["min_cosine"] > 0.9999
+    assert parity["student_onnx_vs_torch"]["min_cosine"] > 0.9999
+    assert parity["student_int8_vs_fp32"]["mean_cosine"] > 0.98
+
+
+def test_int8_student_stays_close_to_fp32(small_artifact):
+    queries = ["cordless drill", "how to fix a leaking faucet", "white paint semi gloss 1 gallon"]
+    fp32 = open_encoder(small_artifact, "student").encode(queries).vectors
+    int8 = open_encoder(small_artifact, "student", "int8").encode(queries).vectors
+    assert np.all((fp32 * int8).sum(axis=1) > 0.97)
+
+
+def test_corrupted_copy_is_refused(small_artifact, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_artifact, copy)
+    with open(copy / "index/keywords.tsv", "r+b") as handle:
+        handle.seek(20)
+        handle.write(b"#")
+    with pytest.raises(ArtifactError, match="index/keywords.tsv does not match its sha256"):
+        verify(copy)
