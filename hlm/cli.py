@@ -45,6 +45,53 @@ def build(
         raise typer.Exit(2)
 
 
+@app.command()
+def distill(
+    student: str = typer.Option("minilm-l6", help="minilm-l6, minilm-l3, mpnet-l2, mpnet-l3, mpnet-l4."),
+    phases: str = typer.Option("2,3", help="Which phases to run, in order (2 = L2 alignment, 3 = contrastive)."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint root; default runs/students/<student>."),
+    minutes2: float = typer.Option(20.0, help="Wall-clock budget of phase 2."),
+    minutes3: float = typer.Option(10.0, help="Wall-clock budget of phase 3."),
+    steps2: int = typer.Option(1500, help="Step budget (sets the learning-rate schedule) of phase 2."),
+    steps3: int = typer.Option(600, help="Step budget of phase 3."),
+    kl_weight: float = typer.Option(0.0, help="Phase 2: weight of the ranking-KL term."),
+    l2_share: float = typer.Option(0.5, help="Phase 3: weight of the L2 term kept beside InfoNCE."),
+    lr2: float = typer.Option(1e-4), lr3: float = typer.Option(5e-5),
+    products: Optional[int] = typer.Option(None, help="Use only the first N product titles (default all)."),
+    threads: int = typer.Option(2),
+) -> None:
+    """Train a student (phases 2 and 3) into the teacher's space; resumable."""
+    from models.distill.pipeline import run_phases
+    from models.distill.prepare import build_training_data
+    from models.distill.teacher_vectors import TeacherVectors
+
+    out = out or Path("runs/students") / student
+    data = build_training_data(TeacherVectors(threads), products_limit=products)
+    typer.echo(f"training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} phase-3 pairs")
+    done = run_phases(
+        student, data, out, phases.split(","),
+        phase2={"minutes": minutes2, "max_steps": steps2, "kl_weight": kl_weight, "lr": lr2},
+        phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "lr": lr3},
+        threads=threads,
+    )
+    for phase, path in done.items():
+        typer.echo(f"{phase}: {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoints: list[Path] = typer.Argument(None, help="Student checkpoint folders from `hlm distill`."),
+    artifact: Optional[Path] = typer.Option(None, help="Also score this artifact's ONNX student (fp32 and int8)."),
+    out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json and eval.md."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N dev queries."),
+    threads: int = typer.Option(2),
+) -> None:
+    """Score teacher, raw MiniLM and students on the judged dev split (and web agreement)."""
+    from models.distill.report import evaluate_all
+
+    evaluate_all(checkpoints or [], artifact, out, limit, threads)
+
+
 @app.command("verify")
 def verify_cmd(artifact: Path = typer.Argument(Path("artifacts/demo"))) -> None:
     """Check an artifact folder against its manifest (files, checksums, dimensions)."""

@@ -184,13 +184,15 @@ def build(
             write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
 
         with timer.step("student"):
-            student_torch, student_note = _make_student(profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads)
+            student_torch, student_note, student_tok = _make_student(
+                profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads
+            )
 
         with timer.step("export"):
             student_onnx = stage / "student" / "model.onnx"
             student_int8 = stage / "student" / "model.int8.onnx"
-            export_mod.copy_tokenizer(tokenizer_path("student"), stage / "student" / "tokenizer.json", profile.max_length)
-            export_mod.export_onnx(student_torch, student_onnx, tokenizer_path("student"))
+            export_mod.copy_tokenizer(tokenizer_path(student_tok), stage / "student" / "tokenizer.json", profile.max_length)
+            export_mod.export_onnx(student_torch, student_onnx, tokenizer_path(student_tok))
             export_mod.quantize_int8(student_onnx, student_int8)
             student = OnnxEncoder(student_onnx, stage / "student" / "tokenizer.json", profile.max_length, threads)
             student8 = OnnxEncoder(student_int8, stage / "student" / "tokenizer.json", profile.max_length, threads)
@@ -200,7 +202,7 @@ def build(
                     teacher.encode_many(probe), export_mod.torch_encode(teacher_torch, tokenizer_path("teacher"), probe)
                 ),
                 "student_onnx_vs_torch": export_mod.cosine_parity(
-                    student.encode_many(probe), export_mod.torch_encode(student_torch, tokenizer_path("student"), probe)
+                    student.encode_many(probe), export_mod.torch_encode(student_torch, tokenizer_path(student_tok), probe)
                 ),
                 "student_int8_vs_fp32": export_mod.cosine_parity(student8.encode_many(probe), student.encode_many(probe)),
             }
@@ -223,7 +225,7 @@ def build(
             print(f"  hnsw recall@10 at ef={profile.hnsw_ef}: {summary['hnsw_recall_at_10']}")
 
         with timer.step("manifest"):
-            manifest = write_manifest(stage, _manifest(profile, inputs, teacher, student, student_note, summary))
+            manifest = write_manifest(stage, _manifest(profile, inputs, teacher, student, student_note, summary, student_tok))
             verify(stage)
 
     total = round(time.perf_counter() - started, 1)
@@ -235,16 +237,22 @@ def build(
 
 
 def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, threads):
-    """The student slot: a trained checkpoint if given, else the closed-form linear fit."""
+    """The student slot: a trained checkpoint if given, else the closed-form linear fit.
+
+    Returns (model, description, which packaged tokenizer it uses).
+    """
     from models.encoders import load_student_base, tokenizer_path
     from models.export import export_onnx
     from models.student_linear import attach_projection, fit_projection
     from service.encoder import OnnxEncoder
 
     if checkpoint is not None:
-        from models.distill.checkpoint import load_student_checkpoint
+        from models.distill.checkpoint import load_student_checkpoint, read_spec
+        from models.distill.students import tokenizer_name
 
-        return load_student_checkpoint(checkpoint), f"trained student from {checkpoint}"
+        spec, info = read_spec(checkpoint)
+        note = f"{spec.name} trained by hlm distill ({info.get('phase', 'distilled')}, step {info.get('step')})"
+        return load_student_checkpoint(checkpoint), note, tokenizer_name(spec)
 
     base = load_student_base()
     # The base model's own vectors of the fit texts, via a temporary ONNX export (bulk
@@ -261,7 +269,8 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
         x = cached_encode(base_encoder, cache, fit_texts, "fit texts (student base)")
     y = np.concatenate([fit_targets, keyword_vectors])
     weight, bias = fit_projection(x, y, profile.ridge)
-    return attach_projection(base, weight, bias), f"{STUDENT_BASE_NAME} + linear 384->768 (closed-form ridge fit on {len(x)} texts)"
+    note = f"{STUDENT_BASE_NAME} + linear 384->768 (closed-form ridge fit on {len(x)} texts)"
+    return attach_projection(base, weight, bias), note, "student"
 
 
 def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
@@ -282,7 +291,7 @@ def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
     return out
 
 
-def _manifest(profile, inputs, teacher, student, student_note, summary) -> dict:
+def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student") -> dict:
     encoder_common = {"pooling": "mean", "normalized": True, "max_length": profile.max_length,
                       "inputs": ["input_ids", "attention_mask"], "output": "embedding"}
     return {
@@ -306,7 +315,7 @@ def _manifest(profile, inputs, teacher, student, student_note, summary) -> dict:
                 "tokenizer": "student/tokenizer.json",
                 "dim": student.dim,
                 "model": student_note,
-                "base_model": STUDENT_BASE_NAME,
+                "base_model": TEACHER_NAME if student_tok == "teacher" else STUDENT_BASE_NAME,
             },
         },
         "index": {

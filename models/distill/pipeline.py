@@ -1,0 +1,84 @@
+"""``hlm distill`` and ``hlm eval``: run the phases for a student and score the results.
+
+phase 2 (L2 alignment, optionally with ranking KL) starts from the closed-form projection
+fit; phase 3 (contrastive + a share of L2) starts from phase 2's checkpoint. Each phase
+writes its own checkpoint folder under ``runs/students/<student>/`` and is resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models.distill.checkpoint import load_student_checkpoint, read_spec
+from models.distill.students import get_spec, make_student, tokenizer_name
+from models.distill.teacher_vectors import TeacherVectors
+from models.distill.train import TrainConfig, TrainingData, train
+from models.encoders import SentenceEncoder, tokenizer_path
+from models.student_linear import fit_projection
+
+
+def torch_encoder(model: SentenceEncoder, tokenizer: str, batch_size: int = 128):
+    """A bulk encode function over a PyTorch student (length-sorted batches)."""
+    from service.encoder import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path(tokenizer))
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), model.dim), dtype=np.float32)
+        model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows = order[start : start + batch_size]
+                enc = tok.encode_batch([texts[i] for i in rows])
+                ids = torch.tensor([e.ids for e in enc])
+                mask = torch.tensor([e.attention_mask for e in enc])
+                out[rows] = model(ids, mask).numpy()
+        return out
+
+    return encode
+
+
+def initial_projection(student: str, data: TrainingData, sample: int = 12000, seed: int = 0):
+    """Closed-form ridge fit of the base model's vectors onto the teacher's (None if unprojected)."""
+    spec = get_spec(student)
+    if not spec.projection:
+        return None
+    base = make_student(replace(spec, projection=False))
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(data.texts), min(sample, len(data.texts)), replace=False)
+    x = torch_encoder(base, tokenizer_name(spec))([data.texts[i] for i in rows])
+    return fit_projection(x, data.text_targets[rows], ridge=1e-2)
+
+
+def run_phases(
+    student: str,
+    data: TrainingData,
+    out_root: Path,
+    phases: Sequence[str] = ("2", "3"),
+    phase2: dict | None = None,
+    phase3: dict | None = None,
+    threads: int = 2,
+) -> dict[str, Path]:
+    out_root = Path(out_root)
+    done: dict[str, Path] = {}
+    if "2" in phases:
+        config = TrainConfig(student=student, out=str(out_root / "phase2"), threads=threads,
+                             **{"l2_weight": 1.0, "lr": 1e-4, **(phase2 or {})})
+        projection = None if (Path(config.out) / "state.pt").exists() else initial_projection(student, data)
+        done["phase2"] = train(config, data, projection)
+    if "3" in phases:
+        init = done.get("phase2") or (out_root / "phase2" if (out_root / "phase2" / "model.pt").exists() else None)
+        config = TrainConfig(student=student, out=str(out_root / "phase3"), init=str(init) if init else None,
+                             threads=threads, **{"l2_weight": 0.5, "contrastive_weight": 1.0, "lr": 5e-5, **(phase3 or {})})
+        projection = None if init else initial_projection(student, data)
+        done["phase3"] = train(config, data, projection)
+    return done

@@ -1,0 +1,67 @@
+"""Student architectures, by name.
+
+- ``minilm-l6``: all-MiniLM-L6-v2 (384-d) + a linear projection to the teacher's 768-d.
+- ``minilm-l3``: the same with only its first 3 layers.
+- ``mpnet-l2``/``-l3``/``-l4``: the teacher itself cut to its first k of 12 layers: same
+  width and tokenizer, no projection; it starts inside the teacher's space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models.encoders import SentenceEncoder, keep_first_layers, load_student_base, load_teacher
+from models.student_linear import attach_projection
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    family: str  # "minilm" or "mpnet": which tokenizer and weights it starts from
+    layers: int
+    projection: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+STUDENTS = {
+    "minilm-l6": StudentSpec("minilm-l6", "minilm", 6, True),
+    "minilm-l3": StudentSpec("minilm-l3", "minilm", 3, True),
+    "mpnet-l2": StudentSpec("mpnet-l2", "mpnet", 2, False),
+    "mpnet-l3": StudentSpec("mpnet-l3", "mpnet", 3, False),
+    "mpnet-l4": StudentSpec("mpnet-l4", "mpnet", 4, False),
+}
+
+
+def get_spec(name: str) -> StudentSpec:
+    if name not in STUDENTS:
+        raise ValueError(f"unknown student {name!r}; choose one of {', '.join(STUDENTS)}")
+    return STUDENTS[name]
+
+
+def tokenizer_name(spec: StudentSpec) -> str:
+    """Which packaged tokenizer the student uses ('student' = MiniLM's, 'teacher' = MPNet's)."""
+    return "teacher" if spec.family == "mpnet" else "student"
+
+
+def make_student(spec: StudentSpec, projection: tuple[np.ndarray, np.ndarray] | None = None) -> SentenceEncoder:
+    """A fresh student; for projected students, the projection's starting weights.
+
+    Without ``projection`` weights the projection starts as a random init; the trainer
+    passes the closed-form fit instead, which is a much better starting point.
+    """
+    if spec.family == "mpnet":
+        model = load_teacher()
+        keep_first_layers(model.transformer, spec.layers)
+        return model
+    base = load_student_base(layers=spec.layers)
+    if not spec.projection:
+        return base
+    if projection is None:
+        rng = np.random.default_rng(0)
+        weight = rng.normal(0, 0.05, (768, base.dim)).astype(np.float32)
+        projection = (weight, np.zeros(768, dtype=np.float32))
+    return attach_projection(base, *projection)
