@@ -105,5 +105,28 @@ def verify_cmd(artifact: Path = typer.Argument(Path("artifacts/demo"))) -> None:
     typer.echo(f"{artifact}: verified ({len(manifest['files'])} files, sha256 {manifest['artifact_sha256'][:12]}…)")
 
 
+@app.command()
+def serve(
+    artifact: Optional[Path] = typer.Option(None, help="Artifact folder (default HLM_ARTIFACT_DIR or artifacts/demo)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default HLM_HOST or 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default HLM_PORT or 8000)."),
+    access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="Log every request (default off, for speed)."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default HLM_LOG_LEVEL or info)."),
+) -> None:
+    """Serve the HTTP API (one process; every other setting from HLM_* variables)."""
+    from service.server import serve as run_server
+    from service.settings import Settings
+
+    overrides = {"artifact_dir": artifact, "host": host, "port": port, "access_log": access_log, "log_level": log_level}
+    try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValueError as exc:
+        typer.echo(f"hlm serve: invalid settings: {exc}", err=True)
+        raise typer.Exit(2)
+    code = run_server(settings)
+    if code:
+        raise typer.Exit(code)
+
+
 if __name__ == "__main__":
     app()

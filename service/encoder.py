@@ -89,6 +89,24 @@ class OnnxEncoder:
         truncated = [bool(e.overflowing) for e in encodings]
         return Encoded(np.ascontiguousarray(vectors, dtype=np.float32), truncated, int(input_ids.size))
 
+    def encode_each(self, texts: Sequence[str]) -> Encoded:
+        """Tokenise as one batch, run the session one text at a time (no padding).
+
+        For models whose result depends on the whole input tensor (dynamic int8
+        quantisation scales activations per tensor), this gives every text exactly the
+        vector ``encode([text])`` gives it, whatever else is in the batch.
+        """
+        encodings = self.tokenizer.encode_batch(list(texts))
+        vectors = []
+        for e in encodings:
+            n = sum(e.attention_mask)
+            ids = np.array([e.ids[:n]], dtype=np.int64)
+            (vector,) = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            vectors.append(vector)
+        truncated = [bool(e.overflowing) for e in encodings]
+        tokens = sum(sum(e.attention_mask) for e in encodings)
+        return Encoded(np.ascontiguousarray(np.vstack(vectors), dtype=np.float32), truncated, int(tokens))
+
     def encode_many(
         self,
         texts: Sequence[str],

@@ -54,8 +54,11 @@ class KeywordIndex:
         self.graph.set_num_threads(threads)
         self.default_ef = ef
         self._ef = ef
-        # set_ef is global to the graph; searches with a different ef take this lock.
-        self._lock = threading.Lock()
+        # set_ef is global to the graph. Searches at the graph's current ef run side by
+        # side (hnswlib searches are thread-safe); one at another ef waits until no
+        # search is running, then changes it.
+        self._cond = threading.Condition(threading.Lock())
+        self._searching = 0
         self.graph.set_ef(ef)
 
     def __len__(self) -> int:
@@ -65,11 +68,20 @@ class KeywordIndex:
         """(labels, scores) of shape [n, k'] with k' = min(k, size), best first."""
         k = min(k, len(self.ids))
         ef = max(ef or self.default_ef, k)  # hnswlib needs ef >= k
-        with self._lock:
+        with self._cond:
+            while ef != self._ef and self._searching:
+                self._cond.wait()
             if ef != self._ef:
                 self.graph.set_ef(ef)
                 self._ef = ef
+            self._searching += 1
+        try:
             labels, distances = self.graph.knn_query(vectors, k=k)
+        finally:
+            with self._cond:
+                self._searching -= 1
+                if not self._searching:
+                    self._cond.notify_all()
         return labels, 1.0 - distances  # hnswlib's ip distance is 1 - dot
 
     def search(self, vectors: np.ndarray, k: int, ef: int | None = None) -> list[list[Hit]]:

@@ -1,0 +1,1 @@
+"""The HTTP service: settings, app factory, routes, micro-batcher, metrics (no torch)."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: thin routers over ``service.serving.SearchService``."""

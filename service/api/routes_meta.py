@@ -1,0 +1,47 @@
+"""GET /healthz, /readyz, /v1/info, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from service.serving import SearchService, dumps
+
+VERSION = "0.1.0"
+try:
+    from importlib.metadata import version
+
+    VERSION = version("hlm-retrieval")
+except Exception:  # not installed as a package: keep the default
+    pass
+
+
+def build_router(service: SearchService) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict:
+        return {"status": "ok", "phase": service.state.phase}
+
+    @router.get("/readyz", summary="Readiness: artifact verified, loaded and warm",
+                responses={503: {"description": "Still loading or warming up, start-up failed, or shutting down."}})
+    async def readyz() -> Response:
+        status, body = service.readiness()
+        return JSONResponse(body, status_code=status)
+
+    @router.get("/v1/info", summary="Manifest summary: models, dims, index parameters, eval, artifact sha")
+    async def info(request: Request) -> Response:
+        service.check_admin(request)
+        runtime = service.state.runtime
+        if runtime is None:
+            return JSONResponse({"version": VERSION, "status": service.state.phase}, status_code=503)
+        return Response(dumps({"version": VERSION, "status": service.state.phase} | runtime.info()),
+                        media_type="application/json")
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics(request: Request) -> Response:
+        service.check_admin(request)
+        body, content_type = service.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return router

@@ -1,0 +1,44 @@
+"""POST /v1/search and POST /v1/embed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.protocol import ERROR_RESPONSES, EmbedRequest, EmbedResponse, SearchRequest, SearchResponse
+from service.serving import SearchService
+
+
+def _body(model) -> dict:
+    # The body is parsed by pydantic straight from the bytes (one pass, strict types);
+    # this only documents it.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def build_router(service: SearchService) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["search"])
+
+    @router.post(
+        "/search",
+        response_model=SearchResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_body(SearchRequest),
+        summary="Keywords for one query or a batch of queries",
+    )
+    async def search(request: Request) -> Response:
+        """Encode the queries with the student (default) or the teacher and return the
+        k best keywords of each, best first, with the time spent in queue, encoder and index."""
+        return await service.search(request)
+
+    @router.post(
+        "/embed",
+        response_model=EmbedResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_body(EmbedRequest),
+        summary="Query vectors in the teacher's space",
+    )
+    async def embed(request: Request) -> Response:
+        """The L2-normalised vectors the chosen encoder gives the queries."""
+        return await service.embed(request)
+
+    return router

@@ -1,0 +1,201 @@
+"""Micro-batching: a bounded queue per encoder and one worker thread that drains it.
+
+Requests are ``Job``s. ``submit`` puts a job on the queue from the event loop (refusing
+at once when the queue is full) and returns an asyncio future. The worker thread takes
+the first job, then whatever else is queued up to ``max_batch`` queries (waiting at most
+``max_wait_s`` for more), skips jobs whose requester has gone (cancelled futures), runs
+the batch function off the event loop, and resolves every future of the batch with one
+call back into the loop. Background jobs (shadow traffic) carry a callback instead of a
+future and are never awaited by a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from service.errors import NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    payload: Any
+    size: int = 1  # queries in this job; a batch holds at most max_batch of them
+    future: Optional[asyncio.Future] = None
+    callback: Optional[Callable[[Any], None]] = None  # background jobs: called in the worker
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when its batch began
+
+    def gone(self) -> bool:
+        return self.future is not None and self.future.cancelled()
+
+
+BatchFn = Callable[[Sequence[Job]], Sequence[Any]]
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        fn: BatchFn,
+        *,
+        max_batch: int,
+        max_wait_s: float = 0.0,
+        queue_size: int = 256,
+        retry_after_s: int = 1,
+        metrics=None,
+    ):
+        self.name = name
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.retry_after = str(retry_after_s)
+        self.metrics = metrics
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        if metrics is not None:
+            metrics.queue_depth.labels(name).set_function(lambda: len(self._queue))
+            self._m_wait = metrics.queue_wait.labels(name)
+            self._m_batch = metrics.batch_size.labels(name)
+            self._m_gone = metrics.rejected.labels(name, "client_gone")
+            self._m_full = metrics.rejected.labels(name, "queue_full")
+            self._m_closed = metrics.rejected.labels(name, "shutting_down")
+
+    # ---- event-loop side ----
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name=f"hlm-{self.name}", daemon=True)
+        self._thread.start()
+
+    def qsize(self) -> int:
+        return len(self._queue)
+
+    def submit(self, payload: Any, size: int = 1) -> asyncio.Future:
+        """Queue a job; its future resolves with the batch function's result for it."""
+        future = self._loop.create_future()
+        self._put(Job(payload, size, future=future))
+        return future
+
+    def submit_background(self, payload: Any, size: int, callback: Callable[[Any], None], *, only_if_idle: bool) -> bool:
+        """Queue a job nobody waits for; False (and nothing queued) if refused."""
+        if only_if_idle and self._queue:
+            return False
+        try:
+            self._put(Job(payload, size, callback=callback), count=False)
+        except (Overloaded, NotReady):
+            return False
+        return True
+
+    def _put(self, job: Job, count: bool = True) -> None:
+        with self._cond:
+            if self._closed or self._thread is None:
+                if count and self.metrics is not None:
+                    self._m_closed.inc()
+                raise NotReady(f"The {self.name} encoder is shutting down.", code="shutting_down",
+                               headers={"Retry-After": self.retry_after})
+            if len(self._queue) >= self.queue_size:
+                if count and self.metrics is not None:
+                    self._m_full.inc()
+                raise Overloaded(
+                    f"The {self.name} encoder's queue is full ({self.queue_size} requests); retry shortly.",
+                    code="queue_full", headers={"Retry-After": self.retry_after},
+                )
+            self._queue.append(job)
+            self._cond.notify()
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuse new jobs, finish the queued ones, stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
+            if self._thread.is_alive():
+                log.warning("the %s worker did not finish its queue within %.0f s", self.name, timeout)
+
+    # ---- worker side ----
+
+    def _take(self) -> Optional[list[Job]]:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            size = batch[0].size
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_batch:
+                if self._queue:
+                    if size + self._queue[0].size > self.max_batch:
+                        break
+                    job = self._queue.popleft()
+                    batch.append(job)
+                    size += job.size
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._closed:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            now = time.perf_counter()
+            live = []
+            for job in batch:
+                if job.gone():
+                    if self.metrics is not None:
+                        self._m_gone.inc()
+                    continue
+                job.started = now
+                live.append(job)
+            if not live:
+                continue
+            if self.metrics is not None:
+                for job in live:
+                    if job.future is not None:
+                        self._m_wait.observe(now - job.enqueued)
+                self._m_batch.observe(sum(job.size for job in live))
+            try:
+                results = self.fn(live)
+                error = None
+            except BaseException as exc:  # resolve every waiter, never kill the worker
+                log.error("the %s batch of %d jobs failed", self.name, len(live), exc_info=exc)
+                results, error = None, exc
+            waiting = []
+            for i, job in enumerate(live):
+                if job.callback is not None:
+                    if error is None:
+                        try:
+                            job.callback(results[i])
+                        except Exception:
+                            log.exception("a background %s job's callback failed", self.name)
+                else:
+                    waiting.append((job.future, None if error else results[i]))
+            if waiting:
+                self._loop.call_soon_threadsafe(_resolve, waiting, error)
+
+
+def _resolve(waiting: list, error: Optional[BaseException]) -> None:
+    for future, result in waiting:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

@@ -1,0 +1,122 @@
+"""The app factory: ``create_app(settings)`` wires settings, metrics, routes and lifespan.
+
+Start-up, in the lifespan: verify the artifact (a bad one stops start-up with one
+sentence in the log), then load both encoders and the index and warm them in the
+background while /healthz already answers; /readyz turns green only after warm-up.
+Shut-down: the server first finishes in-flight requests, then the lifespan closes the
+batch queues, computing what is still queued (shadow jobs included).
+
+Run it with ``hlm serve`` or ``uvicorn --factory service.main:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Callable, Optional
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from models.manifest import ArtifactError
+from service.api import routes_meta, routes_search
+from service.errors import install_handlers
+from service.metrics import Metrics
+from service.middleware import EdgeMiddleware
+from service.runtime import Runtime, load_manifest
+from service.serving import AppState, SearchService
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Keyword retrieval for sponsored search. A small **student** query encoder, distilled into
+the space of a large **teacher**, encodes the query; an HNSW index of teacher-encoded
+keywords returns the nearest keywords. `encoder=teacher` serves the baseline from the same
+process. Errors are JSON `{"error": {"code", "message"}}`.
+"""
+
+
+class StartupAborted(Exception):
+    """Start-up refused; the reason was logged as one sentence."""
+
+
+def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callable[[str], None]] = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = AppState()
+    service = SearchService(settings, metrics, state)
+
+    async def load_in_background(runtime: Runtime) -> None:
+        t0 = time.perf_counter()
+        try:
+            state.phase = "loading"
+            await asyncio.to_thread(runtime.load)
+            if settings.warmup_delay_s:
+                await asyncio.sleep(settings.warmup_delay_s)
+            state.phase = "warming"
+            await asyncio.to_thread(runtime.warm_up)
+            runtime.start(asyncio.get_running_loop())
+        except Exception as exc:  # noqa: BLE001 - any failure here means: do not serve
+            reason = str(exc) if isinstance(exc, ArtifactError) else f"{exc.__class__.__name__}: {exc}"
+            log.error("start-up stopped: %s", reason)
+            log.debug("start-up failure", exc_info=exc)
+            state.phase, state.detail = "failed", reason
+            if on_fatal is not None:
+                on_fatal(reason)
+            return
+        state.phase, state.ready_at = "ready", time.time()
+        metrics.ready.set(1)
+        log.info("ready: %s student, %s, %d keywords, warm in %.1f s", runtime.precision,
+                 ", ".join(f"{n} on {s.encoder.provider}" for n, s in runtime.slots.items()),
+                 len(runtime.index), time.perf_counter() - t0)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.phase = "verifying"
+        try:
+            manifest = await asyncio.to_thread(load_manifest, settings)
+        except ArtifactError as exc:
+            state.phase, state.detail = "failed", str(exc)
+            state.startup_error = f"Start-up stopped: {exc}"
+            raise StartupAborted(str(exc)) from None
+        runtime = Runtime(settings, manifest, metrics)
+        state.runtime = runtime
+        enc = manifest["encoders"]
+        metrics.build_info.info({
+            "version": routes_meta.VERSION,
+            "student_model": str(enc["student"].get("model")),
+            "teacher_model": str(enc["teacher"].get("model")),
+            "artifact_sha256": str(manifest.get("artifact_sha256")),
+            "student_precision": runtime.precision,
+        })
+        log.info("artifact %s verified (sha256 %s)", settings.artifact_dir, str(manifest.get("artifact_sha256"))[:12])
+        loader = asyncio.create_task(load_in_background(runtime))
+        try:
+            yield
+        finally:
+            state.phase = "draining"
+            metrics.ready.set(0)
+            await loader  # a load in progress cannot be interrupted; let it end
+            await runtime.close()
+            log.info("shut down: queues drained")
+
+    app = FastAPI(
+        title="HLM keyword retrieval",
+        version=routes_meta.VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.hlm = service
+    install_handlers(app)
+    app.include_router(routes_search.build_router(service))
+    app.include_router(routes_meta.build_router(service))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization"])
+    known = {getattr(route, "path", "") for route in app.routes}
+    app.add_middleware(EdgeMiddleware, metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes,
+                       known_paths=known)
+    return app

@@ -1,0 +1,62 @@
+"""Prometheus metrics, one registry per app (so tests can create several apps).
+
+The names and labels are a contract shared with the load-test harness and the Prometheus
+rules: change them only together with those.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Fine enough for a 1 ms p99, from 0.25 ms to 1 s.
+LATENCY_BUCKETS = (
+    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+OVERLAP_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ENCODERS = ("student", "teacher")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "hlm_request_duration_seconds", "HTTP request duration, end to end inside the server.",
+            ["route", "encoder", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.encoder_duration = Histogram(
+            "hlm_encoder_duration_seconds", "Encoder time per batch (tokenise + ONNX Runtime).",
+            ["encoder", "precision"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.index_duration = Histogram(
+            "hlm_index_duration_seconds", "HNSW search time per batch.",
+            ["encoder"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "hlm_queue_wait_seconds", "Time a request waited in its encoder's queue.",
+            ["encoder"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "hlm_batch_size", "Queries per encoder batch.", ["encoder"], buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge("hlm_queue_depth", "Requests waiting in each encoder's queue.", ["encoder"], registry=r)
+        self.rejected = Counter(
+            "hlm_rejected_total", "Requests refused or dropped, by reason.", ["encoder", "reason"], registry=r,
+        )
+        self.queries = Counter("hlm_queries_total", "Queries encoded and answered.", ["encoder"], registry=r)
+        self.index_size = Gauge("hlm_index_size", "Keywords in the index.", registry=r)
+        self.build_info = Info("hlm_build", "The served build: code version, models, artifact.", registry=r)
+        self.shadow_overlap = Histogram(
+            "hlm_shadow_overlap", "overlap@k of student results against the teacher's (shadow traffic).",
+            buckets=OVERLAP_BUCKETS, registry=r,
+        )
+        self.ready = Gauge("hlm_ready", "1 when the artifact is loaded and warm.", registry=r)
+        for name in ENCODERS:  # expose zero series from the start
+            self.queries.labels(name)
+            self.rejected.labels(name, "queue_full")
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,205 @@
+"""Request and response models of the HTTP API, and query clean-up.
+
+Requests are parsed straight from the body bytes with pydantic (JSON parse and
+validation in one pass); the limits that depend on the settings (k, ef, queries per
+request, characters per query) are checked against the ``Settings`` passed as the
+validation context. Responses are plain dicts serialised once; the models below document
+them in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+EncoderName = Literal["student", "teacher"]
+
+# C0/C1 control characters and lone surrogates (which a JSON "\ud800" escape can carry and
+# which no tokenizer accepts) become spaces; the query is still answered.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]+")
+
+
+def clean_query(text: str) -> str:
+    return _CONTROL.sub(" ", text).strip()
+
+
+def _limits(info: ValidationInfo):
+    return info.context.get("settings") if info.context else None
+
+
+class _QueriesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    query: Optional[str] = Field(None, description="One query. Give either `query` or `queries`.")
+    queries: Optional[list[str]] = Field(
+        None, description="Several queries answered together (at most HLM_MAX_QUERIES).", min_length=1
+    )
+    encoder: EncoderName = Field("student", description="`student` (fast, default) or `teacher` (the baseline).")
+
+    _texts: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("queries")
+    @classmethod
+    def _count(cls, value, info: ValidationInfo):
+        limits = _limits(info)
+        if value is not None and limits and len(value) > limits.max_queries:
+            raise ValueError(f"at most {limits.max_queries} queries per request, got {len(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self, info: ValidationInfo):
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of `query` or `queries`")
+        limits = _limits(info)
+        raw = [self.query] if self.query is not None else self.queries
+        cleaned = []
+        for i, text in enumerate(raw):
+            where = "query" if self.query is not None else f"queries[{i}]"
+            if limits and len(text) > limits.max_query_chars:
+                raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
+            text = clean_query(text)
+            if not text:
+                raise ValueError(f"{where} is empty or whitespace only")
+            cleaned.append(text)
+        self._texts = cleaned
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        """The queries after clean-up (control characters replaced, ends stripped)."""
+        return self._texts
+
+
+class SearchRequest(_QueriesIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"query": "cordless drill", "k": 10},
+                {"queries": ["cordless drill", "garden hose 50 ft"], "k": 5, "encoder": "teacher"},
+                {"query": "led light bulbs", "k": 20, "ef": 128},
+            ]
+        },
+    )
+
+    k: Optional[int] = Field(None, description="Keywords per query, 1 to HLM_MAX_K (default HLM_DEFAULT_K).")
+    ef: Optional[int] = Field(
+        None, description="HNSW search breadth, 1 to HLM_MAX_EF (default the manifest's); raised to k if smaller."
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _k_range(cls, value, info: ValidationInfo):
+        limits = _limits(info)
+        if value is not None:
+            top = limits.max_k if limits else 10_000
+            if not 1 <= value <= top:
+                raise ValueError(f"k must be between 1 and {top}")
+        return value
+
+    @field_validator("ef")
+    @classmethod
+    def _ef_range(cls, value, info: ValidationInfo):
+        limits = _limits(info)
+        if value is not None:
+            top = limits.max_ef if limits else 100_000
+            if not 1 <= value <= top:
+                raise ValueError(f"ef must be between 1 and {top}")
+        return value
+
+
+class EmbedRequest(_QueriesIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"query": "cordless drill"}, {"queries": ["paint", "wood screws"], "encoder": "teacher"}]},
+    )
+
+
+# ---- responses (documentation; the handlers emit the same shape as plain dicts) ----
+
+
+class Keyword(BaseModel):
+    id: str = Field(description="Keyword id from the artifact's keyword store.")
+    text: str
+    score: float = Field(description="Cosine similarity between query and keyword vectors.")
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Time waiting in the encoder's queue.")
+    encode_ms: float = Field(description="Encoder time of the batch this request rode in.")
+    index_ms: float = Field(description="HNSW search time of that batch.")
+    total_ms: float = Field(description="From request received to response ready, inside the server.")
+
+
+class QueryResult(BaseModel):
+    query: str = Field(description="The query as encoded (control characters replaced, ends stripped).")
+    truncated: bool = Field(description="The query was longer than the model's token limit and was cut.")
+    keywords: list[Keyword] = Field(description="Best first.")
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "encoder": "student",
+                    "precision": "int8",
+                    "k": 2,
+                    "ef": 64,
+                    "results": [
+                        {
+                            "query": "cordless drill",
+                            "truncated": False,
+                            "keywords": [
+                                {"id": "hd:100321", "text": "18-Volt Lithium-Ion Cordless Drill", "score": 0.81},
+                                {"id": "mq:1502", "text": "cordless drills", "score": 0.77},
+                            ],
+                        }
+                    ],
+                    "timings": {"queue_ms": 0.05, "encode_ms": 2.1, "index_ms": 0.2, "total_ms": 2.6},
+                }
+            ]
+        }
+    )
+
+    encoder: EncoderName
+    precision: str
+    k: int
+    ef: int
+    results: list[QueryResult]
+    timings: Timings
+
+
+class EmbedResult(BaseModel):
+    query: str
+    truncated: bool
+    embedding: list[float] = Field(description="L2-normalised query vector in the teacher's space.")
+
+
+class EmbedResponse(BaseModel):
+    encoder: EncoderName
+    precision: str
+    dim: int
+    results: list[EmbedResult]
+    timings: Timings
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_request"])
+    message: str = Field(examples=["Invalid request: k: k must be between 1 and 100."])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body larger than HLM_MAX_BODY_BYTES."},
+    422: {"model": ErrorResponse, "description": "Invalid JSON, wrong types, empty query, k/ef out of range, too many queries."},
+    429: {"model": ErrorResponse, "description": "The encoder's queue is full; retry after Retry-After seconds."},
+    503: {"model": ErrorResponse, "description": "Not ready yet (loading, warming up) or shutting down."},
+}

@@ -1,0 +1,249 @@
+"""The loaded artifact: verified manifest, both encoders, the keyword index, the batchers.
+
+``load_manifest`` is the start-up gate (checksums, dimensions, servable flag).
+``Runtime.load`` creates the ONNX Runtime sessions and the index (blocking; run it in a
+thread), ``warm_up`` runs each encoder a few times, ``start`` starts one batch worker per
+encoder so the slow teacher never holds up the student.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from models.manifest import ArtifactError, verify
+from service.batcher import Batcher, Job
+from service.encoder import OnnxEncoder
+from service.index import KeywordIndex
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WARMUP_TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom", "paint"]
+
+
+def load_manifest(settings: Settings) -> dict[str, Any]:
+    """Verify the artifact folder; ArtifactError (one sentence) if it must not be served."""
+    manifest = verify(settings.artifact_dir, checksums=settings.verify_checksums)
+    if manifest.get("servable") is False:
+        raise ArtifactError(f"The artifact in {settings.artifact_dir} is marked not servable in its manifest.")
+    student = manifest["encoders"]["student"]
+    precision = settings.student_precision or student.get("default_precision") or "fp32"
+    if precision == "int8" and not student.get("onnx_int8"):
+        raise ArtifactError(f"Student precision int8 was asked for but the artifact in {settings.artifact_dir} has no int8 student.")
+    return manifest
+
+
+def student_precision(settings: Settings, manifest: dict[str, Any]) -> str:
+    student = manifest["encoders"]["student"]
+    return settings.student_precision or student.get("default_precision") or "fp32"
+
+
+@dataclass
+class Query:
+    """What a request asks of an encoder batch."""
+
+    texts: list[str]
+    k: int = 0  # 0: embed only, no index search
+    ef: int = 0
+    want_vectors: bool = False
+
+
+@dataclass
+class Answer:
+    """One job's share of a batch."""
+
+    truncated: list[bool]
+    labels: Optional[list[list[int]]] = None
+    scores: Optional[list[list[float]]] = None
+    vectors: Optional[np.ndarray] = None
+    queue_s: float = 0.0
+    encode_s: float = 0.0
+    index_s: float = 0.0
+    batch: int = 1
+
+
+@dataclass
+class EncoderSlot:
+    name: str
+    precision: str
+    model: str
+    encoder: OnnxEncoder
+    # Dynamic int8 quantisation scales activations over the whole input tensor, so a
+    # batched int8 run depends on its neighbours; run such a model one query at a time
+    # (tokenised and searched as a batch) to keep answers independent of the batch.
+    row_by_row: bool
+    batcher: Optional[Batcher] = None
+    m_encode: Any = None
+    m_index: Any = None
+    m_queries: Any = None
+
+
+class Runtime:
+    def __init__(self, settings: Settings, manifest: dict[str, Any], metrics: Metrics):
+        self.settings = settings
+        self.manifest = manifest
+        self.metrics = metrics
+        self.precision = student_precision(settings, manifest)
+        self.slots: dict[str, EncoderSlot] = {}
+        self.index: Optional[KeywordIndex] = None
+        self.default_ef = settings.ef or int(manifest["index"].get("ef") or 64)
+
+    # ---- loading (blocking) ----
+
+    def load(self) -> None:
+        root = Path(self.settings.artifact_dir)
+        enc = self.manifest["encoders"]
+        threads, provider = self.settings.threads, self.settings.provider
+        for name in ("student", "teacher"):
+            spec = enc[name]
+            precision = self.precision if name == "student" else "fp32"
+            model = spec["onnx_int8"] if precision == "int8" else spec["onnx"]
+            t0 = time.perf_counter()
+            encoder = OnnxEncoder(root / model, root / spec["tokenizer"], int(spec.get("max_length") or 128),
+                                  threads=threads, provider=provider)
+            if encoder.dim != self.manifest["index"]["dim"]:
+                raise ArtifactError(f"The {name} ONNX model outputs {encoder.dim}-d vectors but the index holds "
+                                    f"{self.manifest['index']['dim']}-d vectors.")
+            log.info("%s encoder %s (%s) on %s loaded in %.1f s", name, model, precision, encoder.provider,
+                     time.perf_counter() - t0)
+            slot = EncoderSlot(name, precision, spec.get("model", name), encoder, row_by_row=(precision == "int8"))
+            slot.m_encode = self.metrics.encoder_duration.labels(name, precision)
+            slot.m_index = self.metrics.index_duration.labels(name)
+            slot.m_queries = self.metrics.queries.labels(name)
+            self.slots[name] = slot
+        idx = self.manifest["index"]
+        self.index = KeywordIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
+        self.metrics.index_size.set(len(self.index))
+        log.info("index: %d keywords, dim %d, ef %d", len(self.index), self.index.dim, self.default_ef)
+
+    def warm_up(self) -> None:
+        rounds = self.settings.warmup_rounds
+        for slot in self.slots.values():
+            for _ in range(rounds):
+                for text in WARMUP_TEXTS:
+                    self._encode(slot, [text])
+                if not slot.row_by_row:
+                    self._encode(slot, WARMUP_TEXTS)
+            if rounds:
+                vectors = self._encode(slot, WARMUP_TEXTS)[0]
+                self.index.search_labels(vectors, self.settings.default_k)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.settings
+        for name, slot in self.slots.items():
+            slot.batcher = Batcher(
+                name,
+                lambda jobs, slot=slot: self.run_batch(slot, jobs),
+                max_batch=s.max_batch if name == "student" else s.teacher_batch,
+                max_wait_s=s.max_wait_ms / 1000.0,
+                queue_size=s.queue_size,
+                retry_after_s=s.retry_after_s,
+                metrics=self.metrics,
+            )
+            slot.batcher.start(loop)
+
+    async def close(self) -> None:
+        # The student first: shadow jobs it queues go to the teacher, drained after.
+        for slot in self.slots.values():
+            if slot.batcher is not None:
+                await slot.batcher.close()
+
+    # ---- the batch function (worker thread) ----
+
+    def _encode(self, slot: EncoderSlot, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        out = slot.encoder.encode_each(texts) if slot.row_by_row and len(texts) > 1 else slot.encoder.encode(texts)
+        return out.vectors, out.truncated
+
+    def run_batch(self, slot: EncoderSlot, jobs: Sequence[Job]) -> list[Answer]:
+        queries: list[Query] = [job.payload for job in jobs]
+        texts = [t for q in queries for t in q.texts]
+        t0 = time.perf_counter()
+        vectors, truncated = self._encode(slot, texts)
+        t1 = time.perf_counter()
+        slot.m_encode.observe(t1 - t0)
+
+        # Rows answered by one index call share an effective ef (max(ef, k), what hnswlib
+        # uses); within a group the top-k of a larger-k search equals a k search, so the
+        # answer does not depend on which other requests rode in the batch.
+        spans, start = [], 0
+        groups: dict[int, list[int]] = {}
+        for qi, q in enumerate(queries):
+            spans.append((start, start + len(q.texts)))
+            start += len(q.texts)
+            if q.k:
+                groups.setdefault(max(q.ef, q.k), []).append(qi)
+        labels: dict[int, Any] = {}
+        scores: dict[int, Any] = {}
+        for ef, members in groups.items():
+            rows = [r for qi in members for r in range(*spans[qi])]
+            k = max(queries[qi].k for qi in members)
+            lab, sc = self.index.search_labels(vectors[rows], k, ef)
+            lab, sc = lab.tolist(), sc.tolist()
+            pos = 0
+            for qi in members:
+                n, kq = len(queries[qi].texts), queries[qi].k
+                labels[qi] = [row[:kq] for row in lab[pos:pos + n]]
+                scores[qi] = [row[:kq] for row in sc[pos:pos + n]]
+                pos += n
+        t2 = time.perf_counter()
+        if groups:
+            slot.m_index.observe(t2 - t1)
+        slot.m_queries.inc(len(texts))
+
+        answers = []
+        for qi, (job, q) in enumerate(zip(jobs, queries)):
+            a, b = spans[qi]
+            answers.append(Answer(
+                truncated=truncated[a:b],
+                labels=labels.get(qi),
+                scores=scores.get(qi),
+                vectors=vectors[a:b] if q.want_vectors else None,
+                queue_s=job.started - job.enqueued,
+                encode_s=t1 - t0,
+                index_s=(t2 - t1) if q.k else 0.0,
+                batch=len(texts),
+            ))
+        return answers
+
+    # ---- summary for /v1/info and hlm_build_info ----
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        enc = m["encoders"]
+        idx = m["index"]
+        return {
+            "artifact": {"path": str(self.settings.artifact_dir), "sha256": m.get("artifact_sha256"),
+                         "name": m.get("name"), "created_utc": m.get("created_utc")},
+            "encoders": {
+                name: {
+                    "model": enc[name].get("model"),
+                    "base_model": enc[name].get("base_model"),
+                    "precision": self.precision if name == "student" else "fp32",
+                    "dim": enc[name].get("dim"),
+                    "max_length": enc[name].get("max_length"),
+                    "pooling": enc[name].get("pooling"),
+                    "provider": self.slots[name].encoder.provider if name in self.slots else None,
+                }
+                for name in ("student", "teacher")
+            },
+            "index": {key: idx.get(key) for key in ("library", "space", "dim", "M", "ef_construction", "ef", "count")}
+            | {"default_ef": self.default_ef},
+            "corpus": {"rows": (m.get("corpus") or {}).get("rows")},
+            "eval": m.get("eval"),
+            "limits": {
+                "default_k": self.settings.default_k, "max_k": self.settings.max_k, "max_ef": self.settings.max_ef,
+                "max_queries": self.settings.max_queries, "max_query_chars": self.settings.max_query_chars,
+                "max_body_bytes": self.settings.max_body_bytes,
+            },
+            "batching": {"max_batch": self.settings.max_batch, "teacher_max_batch": self.settings.teacher_batch,
+                         "max_wait_ms": self.settings.max_wait_ms, "queue_size": self.settings.queue_size},
+            "shadow_rate": self.settings.shadow_rate,
+        }

@@ -1,0 +1,195 @@
+"""The work behind the routes: parse, queue on the encoder's batcher, answer.
+
+The routes in ``service/api`` stay thin; everything between the body bytes and the
+response bytes happens here, on the event loop, except the encoder and index work,
+which the batch workers do off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import ClientGone, NotReady, Unauthorized
+from service.metrics import Metrics
+from service.protocol import EmbedRequest, SearchRequest
+from service.runtime import Answer, Query, Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+@dataclass
+class AppState:
+    """Where start-up stands: verifying, loading, warming, ready, failed, draining."""
+
+    phase: str = "starting"
+    detail: str = ""
+    runtime: Optional[Runtime] = None
+    startup_error: Optional[str] = None  # set when start-up is refused (shown instead of a traceback)
+    ready_at: float = 0.0
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _disconnected(receive: Callable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def wait_answer(future: asyncio.Future, receive: Callable) -> Any:
+    """The job's result, or ClientGone (and the job cancelled) if the client leaves first."""
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+    if future.done():
+        return future.result()
+    future.cancel()  # the batch worker skips cancelled jobs
+    raise ClientGone()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+class SearchService:
+    def __init__(self, settings: Settings, metrics: Metrics, state: AppState):
+        self.settings = settings
+        self.metrics = metrics
+        self.state = state
+        self._context = {"settings": settings}
+        self._shadow_dropped = metrics.rejected.labels("teacher", "shadow_dropped")
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        self._admin = f"Bearer {token}".encode() if token else None
+
+    # ---- guards ----
+
+    def runtime(self) -> Runtime:
+        runtime = self.state.runtime
+        if runtime is None or self.state.phase != "ready":
+            phase = self.state.phase
+            if phase == "draining":
+                raise NotReady("The service is shutting down.", code="shutting_down",
+                               headers={"Retry-After": str(self.settings.retry_after_s)})
+            raise NotReady(f"The service is not ready yet ({phase}); poll /readyz.",
+                           headers={"Retry-After": str(self.settings.retry_after_s)})
+        return runtime
+
+    def check_admin(self, request: Request) -> None:
+        if self._admin is None:
+            return
+        for name, value in request.scope["headers"]:
+            if name == b"authorization" and secrets.compare_digest(value, self._admin):
+                return
+        raise Unauthorized("This endpoint needs 'Authorization: Bearer <HLM_ADMIN_TOKEN>'.",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    # ---- /v1/search ----
+
+    async def search(self, request: Request) -> Response:
+        body = await request.body()
+        req = SearchRequest.model_validate_json(body, context=self._context)
+        request.scope["hlm.encoder"] = req.encoder
+        runtime = self.runtime()
+        slot = runtime.slots[req.encoder]
+        texts = req.texts
+        query = Query(texts, k=req.k or self.settings.default_k, ef=req.ef or runtime.default_ef)
+        answer: Answer = await wait_answer(slot.batcher.submit(query, len(texts)), request.receive)
+
+        ids, names = runtime.index.ids, runtime.index.texts
+        results = [
+            {
+                "query": text,
+                "truncated": truncated,
+                "keywords": [{"id": ids[l], "text": names[l], "score": s} for l, s in zip(labels, scores)],
+            }
+            for text, truncated, labels, scores in zip(texts, answer.truncated, answer.labels, answer.scores)
+        ]
+        payload = {
+            "encoder": req.encoder,
+            "precision": slot.precision,
+            "k": query.k,
+            "ef": max(query.ef, query.k),
+            "results": results,
+            "timings": self._timings(request, answer),
+        }
+        response = Response(dumps(payload), media_type=JSON)
+        rate = self.settings.shadow_rate
+        if rate and req.encoder == "student" and random.random() < rate:
+            self._shadow(runtime, query, answer)
+        return response
+
+    def _timings(self, request: Request, answer: Answer) -> dict[str, float]:
+        start = request.scope.get("hlm.start") or time.perf_counter()
+        return {
+            "queue_ms": _ms(answer.queue_s),
+            "encode_ms": _ms(answer.encode_s),
+            "index_ms": _ms(answer.index_s),
+            "total_ms": _ms(time.perf_counter() - start),
+        }
+
+    def _shadow(self, runtime: Runtime, query: Query, answer: Answer) -> None:
+        """Re-run a student query through the teacher off the hot path; export overlap@k."""
+        student = answer.labels
+        histogram = self.metrics.shadow_overlap
+
+        def compare(teacher: Answer) -> None:
+            for mine, theirs in zip(student, teacher.labels):
+                if theirs:
+                    histogram.observe(len(set(mine) & set(theirs)) / len(theirs))
+
+        batcher = runtime.slots["teacher"].batcher
+        if not batcher.submit_background(query, len(query.texts), compare, only_if_idle=True):
+            self._shadow_dropped.inc()
+
+    # ---- /v1/embed ----
+
+    async def embed(self, request: Request) -> Response:
+        body = await request.body()
+        req = EmbedRequest.model_validate_json(body, context=self._context)
+        request.scope["hlm.encoder"] = req.encoder
+        runtime = self.runtime()
+        slot = runtime.slots[req.encoder]
+        query = Query(req.texts, want_vectors=True)
+        answer: Answer = await wait_answer(slot.batcher.submit(query, len(req.texts)), request.receive)
+        payload = {
+            "encoder": req.encoder,
+            "precision": slot.precision,
+            "dim": int(answer.vectors.shape[1]),
+            "results": [
+                {"query": text, "truncated": truncated, "embedding": vector}
+                for text, truncated, vector in zip(req.texts, answer.truncated, answer.vectors.tolist())
+            ],
+            "timings": self._timings(request, answer),
+        }
+        return Response(dumps(payload), media_type=JSON)
+
+    # ---- meta ----
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        ready = self.state.phase == "ready"
+        body = {"ready": ready, "status": self.state.phase}
+        if self.state.detail:
+            body["detail"] = self.state.detail
+        return (200 if ready else 503), body

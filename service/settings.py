@@ -1,0 +1,89 @@
+"""The service's settings: one pydantic-settings object, read from ``HLM_*`` variables.
+
+Every field can be set in the environment (``HLM_MAX_BATCH=8``) or passed to
+``Settings(...)`` directly (tests, ``hlm serve`` options). Lists such as
+``HLM_CORS_ORIGINS`` accept a comma-separated string or a JSON list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HLM_", extra="ignore", frozen=True)
+
+    # Where the artifact lives and where to listen.
+    artifact_dir: Path = Field(Path("artifacts/demo"), description="Artifact folder (manifest.json inside).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # Search parameters a request may choose, and their bounds.
+    default_k: int = Field(10, ge=1, description="k when a request names none.")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    ef: Optional[int] = Field(None, ge=1, description="HNSW ef when a request names none; default: the manifest's index.ef.")
+    max_ef: int = Field(1000, ge=1, description="Largest ef a request may ask for.")
+
+    # Micro-batching, one worker per encoder.
+    max_batch: int = Field(16, ge=1, le=1024, description="Most queries one student batch holds.")
+    teacher_max_batch: Optional[int] = Field(None, ge=1, le=1024, description="Most queries one teacher batch holds; default max_batch.")
+    max_wait_ms: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="How long a worker waits for more requests after the first; 0 = take what is queued (batches form under load).",
+    )
+    queue_size: int = Field(256, ge=1, description="Bound of each encoder's queue, in requests; past it requests get 429.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
+
+    # ONNX Runtime.
+    threads: int = Field(1, ge=1, le=64, description="Intra-op threads per ONNX Runtime session (1 was fastest on 2 cores).")
+    student_precision: Optional[Literal["int8", "fp32"]] = Field(
+        None, description="Student model to serve; default the manifest's encoders.student.default_precision."
+    )
+    provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider.")
+
+    # Shadow comparison of the student against the teacher, off the hot path.
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of student requests re-run through the teacher.")
+
+    # Request limits.
+    max_queries: int = Field(64, ge=1, description="Most queries in one request.")
+    max_query_chars: int = Field(2000, ge=1, description="Longest query in characters (longer: 422).")
+    max_body_bytes: int = Field(256 * 1024, ge=64, description="Largest request body (larger: 413).")
+
+    # Access control.
+    admin_token: Optional[SecretStr] = Field(None, description="When set, /metrics and /v1/info need 'Authorization: Bearer <token>'.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
+
+    # Start-up.
+    verify_checksums: bool = Field(True, description="Check every artifact file's sha256 at start-up.")
+    warmup_rounds: int = Field(3, ge=0, le=100, description="Warm-up calls per encoder before /readyz turns green.")
+    warmup_delay_s: float = Field(0.0, ge=0.0, description="Test hook: sleep this long before warm-up.")
+    log_level: str = "info"
+    access_log: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self):
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) is larger than max_k ({self.max_k}).")
+        if self.ef is not None and self.ef > self.max_ef:
+            raise ValueError(f"ef ({self.ef}) is larger than max_ef ({self.max_ef}).")
+        return self
+
+    @property
+    def teacher_batch(self) -> int:
+        return self.teacher_max_batch or self.max_batch
