@@ -83,7 +83,7 @@ def describe_validation(errors: list[dict]) -> str:
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         if err.get("type") in ("json_invalid", "json_type"):
             return f"The request body is not valid JSON ({err.get('ctx', {}).get('error', msg)})."
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc != "body" else msg)
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return "Invalid request: " + "; ".join(parts) + more + "."
 

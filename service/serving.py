@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -69,6 +70,24 @@ async def wait_answer(future: asyncio.Future, receive: Callable) -> Any:
     raise ClientGone()
 
 
+def parse(model, body: bytes, context: dict):
+    """Validate the body bytes in one pass (pydantic's JSON parser, strict types).
+
+    pydantic's parser refuses escaped lone surrogates ("\\ud800"), which are valid JSON
+    syntax; the standard library parser takes them and the query clean-up replaces them.
+    """
+    try:
+        return model.model_validate_json(body, context=context)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid":
+            raise
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise exc from None
+        return model.model_validate(data, context=context, strict=True)
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -109,7 +128,7 @@ class SearchService:
 
     async def search(self, request: Request) -> Response:
         body = await request.body()
-        req = SearchRequest.model_validate_json(body, context=self._context)
+        req = parse(SearchRequest, body, self._context)
         request.scope["hlm.encoder"] = req.encoder
         runtime = self.runtime()
         slot = runtime.slots[req.encoder]
@@ -167,7 +186,7 @@ class SearchService:
 
     async def embed(self, request: Request) -> Response:
         body = await request.body()
-        req = EmbedRequest.model_validate_json(body, context=self._context)
+        req = parse(EmbedRequest, body, self._context)
         request.scope["hlm.encoder"] = req.encoder
         runtime = self.runtime()
         slot = runtime.slots[req.encoder]

@@ -1,0 +1,107 @@
+"""Fixtures for the service tests: the real app in a subprocess (`hlm serve`) on loopback.
+
+Servers are started with the `small_artifact` fixture (set HLM_TEST_ARTIFACT to reuse a
+built one) and talked to through HTTP with httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m hlm.cli serve` in a subprocess, its log in a file."""
+
+    def __init__(self, artifact: Path, log_path: Path, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HLM_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update({f"HLM_{key.upper()}": str(value) for key, value in settings.items()})
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(artifact), "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for(self, path: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.client.get(path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"{path} did not answer 200 within {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def start_server(small_artifact, tmp_path_factory):
+    """Factory: start_server(artifact=None, **settings) -> Server; all stopped at the end."""
+    servers = []
+
+    def start(artifact: Path | None = None, **settings) -> Server:
+        log_path = tmp_path_factory.mktemp("server") / "server.log"
+        server = Server(artifact or small_artifact, log_path, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> Server:
+    """The shared server: default settings, small artifact, ready."""
+    srv = start_server(shadow_rate=0)
+    srv.wait_for("/readyz")
+    return srv
+
+
+def error_of(response: httpx.Response) -> dict:
+    """The JSON error body every 4xx/5xx must have."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] and body["error"]["message"], body
+    assert "Traceback" not in response.text
+    return body["error"]
