@@ -1,0 +1,130 @@
+# syntax=docker/dockerfile:1.7
+#
+# Serving image of the HLM keyword retrieval service: the "serve" extra only (no torch, no
+# compilers), a non-root user, the artifact folder mounted at /artifact or baked in.
+# Build, run, GPU variant and offline builds: docker/README.md.
+#
+#   CPU (default):  docker build -t hlm-retrieval .
+#   GPU:            docker build -t hlm-retrieval:gpu \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
+#                     --build-arg ORT_PACKAGE=onnxruntime-gpu .
+#   Artifact baked: docker build -t hlm-retrieval:demo --target runtime-baked \
+#                     --build-context artifact=artifacts/demo .
+#   Run:            docker run -p 8000:8000 -v "$PWD/artifacts/demo:/artifact:ro" hlm-retrieval
+
+# Any Debian/Ubuntu image with Python >= 3.11 (or none: python3 is installed if missing).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------
+# builder: every wheel the runtime needs, hnswlib compiled here without -march=native so
+# the image runs on any x86-64 CPU, not only on the build machine's.
+FROM ${BASE_IMAGE} AS builder
+
+# onnxruntime (CPU) or onnxruntime-gpu: exactly one of them ends up installed.
+ARG ORT_PACKAGE=onnxruntime
+# Optional package index overrides (a mirror, a private index); empty means PyPI.
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HNSWLIB_NO_NATIVE=1
+
+# A C++ compiler for hnswlib; Python headers and venv only where the base lacks them
+# (python:*-slim has both, a plain Debian/Ubuntu or CUDA image has neither).
+# DL3008 (pin apt versions): the packages come from whichever distribution BASE_IMAGE is,
+# so no version string is valid for all of them; the base image tag is the pin.
+# hadolint ignore=DL3008
+RUN set -- g++; \
+    command -v python3 >/dev/null || set -- "$@" python3; \
+    python3 -m venv /tmp/probe >/dev/null 2>&1 || set -- "$@" python3-venv; \
+    python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+        || set -- "$@" python3-dev; \
+    rm -rf /tmp/probe; \
+    apt-get update \
+    && apt-get install -y --no-install-recommends "$@" \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN python3 -m venv /opt/build
+WORKDIR /src
+
+# Third-party wheels first: this layer is rebuilt only when pyproject.toml changes.
+# The CA bundle is an optional build secret for builds behind a TLS-intercepting proxy
+# (docker/README.md); without it the image's own bundle is used.
+COPY pyproject.toml ./
+COPY docker/requirements.py docker/requirements.py
+RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
+    python3 docker/requirements.py pyproject.toml --onnxruntime "${ORT_PACKAGE}" > /wheels.txt \
+    && cat /wheels.txt \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+       /opt/build/bin/pip wheel --wheel-dir /wheels --no-binary hnswlib -r /wheels.txt \
+    && mv /wheels.txt /wheels/requirements.txt
+
+# The project itself (hlm CLI, service, models/manifest.py), as a wheel.
+COPY README.md* ./
+COPY hlm ./hlm
+COPY service ./service
+COPY models ./models
+RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels/project .
+
+# ---------------------------------------------------------------------------------------
+# runtime: the artifact folder is mounted at /artifact (read-only is enough).
+FROM ${BASE_IMAGE} AS runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# CUDA and plain OS images come without Python; no compiler is installed here.
+# DL3008: as in the builder, the base image tag pins the distribution's packages.
+# hadolint ignore=DL3008
+RUN if ! python3 -m venv /tmp/probe >/dev/null 2>&1; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    rm -rf /tmp/probe
+
+RUN groupadd --gid 10001 hlm \
+    && useradd --no-log-init --uid 10001 --gid hlm --home-dir /srv/hlm --create-home --shell /usr/sbin/nologin hlm
+
+# Install from the builder's wheels only (--no-index): nothing is compiled or downloaded.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/project/*.whl \
+    && /opt/venv/bin/pip check
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HLM_ARTIFACT_DIR=/artifact \
+    HLM_HOST=0.0.0.0 \
+    HLM_PORT=8000 \
+    HLM_PROVIDER=auto
+
+# Numeric, so that Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+WORKDIR /srv/hlm
+EXPOSE 8000
+
+# Healthy = artifacts loaded and warmed (/readyz answers 200, 503 before). Loading and
+# warming a large artifact takes a while, hence the start period.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('HLM_PORT', '8000'), timeout=2)"]
+
+CMD ["hlm", "serve"]
+
+# ---------------------------------------------------------------------------------------
+# runtime-baked: the same image with one artifact folder copied in at /artifact. The
+# folder comes from the named build context "artifact" (--build-context artifact=DIR), so
+# the artifacts are never part of the main build context.
+FROM scratch AS artifact
+
+FROM runtime AS runtime-baked
+COPY --from=artifact --chown=root:root . /artifact/
+
+# The default target stays the volume-mounted image.
+FROM runtime AS runtime-default
