@@ -107,6 +107,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone) -> Response:
+        # Nobody reads this answer; 499 (nginx's "client closed request") marks it in metrics.
+        return error_response(499, "client_closed_request", "The client closed the connection before the answer.")
+
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
         return error_response(422, "invalid_request", describe_validation(list(exc.errors())))

@@ -3,6 +3,8 @@
 One worker process: the encoders' threads and the index live in it. uvicorn finishes
 in-flight requests on SIGTERM/SIGINT before the lifespan drains the batch queues.
 Returns the process exit code: 0 after a clean shut-down, 2 when start-up was refused.
+(After a shut-down on SIGTERM uvicorn re-raises the signal, so the process then ends
+the way the signal says, as without a handler.)
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def serve(settings: Settings) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's own exit on a refused start-up; the reason is logged
+        pass
     state = app.state.hlm.state
     if not server.started or state.phase == "failed":
         logging.getLogger("service").error("hlm serve: not serving (%s).", state.detail or "start-up failed")
