@@ -6,8 +6,11 @@ rules: change them only together with those.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# No `*_created` series: they double the exposition and nothing here reads them.
+disable_created_metrics()
 
 # Fine enough for a 1 ms p99, from 0.25 ms to 1 s.
 LATENCY_BUCKETS = (
