@@ -98,11 +98,11 @@ class Runtime:
 
     # ---- loading (blocking) ----
 
-    def load(self) -> None:
+    def load(self, encoders: Sequence[str] = ("student", "teacher")) -> None:
         root = Path(self.settings.artifact_dir)
         enc = self.manifest["encoders"]
         threads, provider = self.settings.threads, self.settings.provider
-        for name in ("student", "teacher"):
+        for name in encoders:
             spec = enc[name]
             precision = self.precision if name == "student" else "fp32"
             model = spec["onnx_int8"] if precision == "int8" else spec["onnx"]
