@@ -124,7 +124,9 @@ CMD ["hlm", "serve"]
 FROM scratch AS artifact
 
 FROM runtime AS runtime-baked
-COPY --from=artifact --chown=root:root . /artifact/
+# Read-only for everyone but root, whatever modes the folder had on the host (uid 10001
+# must read it; the service verifies every file's sha256 at start-up anyway).
+COPY --from=artifact --chown=root:root --chmod=0755 . /artifact/
 
 # The default target stays the volume-mounted image.
 FROM runtime AS runtime-default
