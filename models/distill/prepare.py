@@ -41,6 +41,7 @@ def build_training_data(
     kl_candidates: int = 32,
     hard_negatives: int = 8,
     seed: int = 0,
+    queries_limit: int | None = None,
 ) -> TrainingData:
     """Phase-2 texts (train queries + keyword texts) and phase-3 judged pairs.
 
@@ -49,6 +50,7 @@ def build_training_data(
     """
     rng = random.Random(seed)
     judged_train, web_train = train_queries()
+    judged_train = judged_train[:queries_limit]
     products, doc_vectors = products_with_vectors(teacher, products_limit)
     index_of = {pid: i for i, pid in enumerate(products.ids)}
 

@@ -51,6 +51,9 @@ class TrainConfig:
     minutes: float = 30.0
     checkpoint_every: int = 200
     threads: int = 2
+    # The word-embedding table is half of MiniLM's weights: freezing it halves the
+    # optimizer's work and keeps rare words (unseen in training) where pre-training put them.
+    freeze_embeddings: bool = True
     seed: int = 0
     notes: dict = field(default_factory=dict)
 
@@ -104,8 +107,10 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
         model.load_state_dict(torch.load(Path(config.init) / "model.pt", map_location="cpu"))
         print(f"[distill] starting from {config.init}")
     model.train()
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    if config.freeze_embeddings:
+        model.transformer.embeddings.word_embeddings.weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
     warmup = int(config.max_steps * config.warmup_share)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.max_steps, warmup))
     step = 0
@@ -153,10 +158,10 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             losses["l2"] = l2_loss(vectors, targets)
             loss = loss + config.l2_weight * losses["l2"]
         if contrastive:
-            positives = doc_vectors[[data.pair_positive[i] for i in rows]]
+            positives = doc_vectors[torch.tensor([data.pair_positive[i] for i in rows])]
             negatives = None
             if config.hard_negatives:
-                negatives = doc_vectors[[_pad(data.pair_negatives[i], config.hard_negatives, rng) for i in rows]]
+                negatives = doc_vectors[torch.tensor([_pad(data.pair_negatives[i], config.hard_negatives, rng) for i in rows])]
             losses["nce"] = info_nce(vectors, positives, negatives, config.temperature,
                                      positive_ids=[data.pair_positive[i] for i in rows])
             loss = loss + config.contrastive_weight * losses["nce"]
@@ -166,11 +171,11 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             loss = loss + config.kl_weight * losses["kl"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         step += 1
-        values = {k: float(v) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
         running = values if running is None else {k: 0.98 * running.get(k, v) + 0.02 * v for k, v in values.items()}
         bar.update(1)
         if step % 50 == 0:
