@@ -1,0 +1,117 @@
+"""Encoder-alone benchmark: batch-1 latency and batch-32 throughput, side by side.
+
+Every encoder sees the same real queries, and the encoders take turns query by query
+(round robin), so drift of a noisy shared machine hits all of them alike; only medians
+and ratios to the teacher are meant to be quoted.
+
+    python -m loadtest.encoder_bench artifacts/demo [--extra name=path/to/model.onnx:tokenizer.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from service.encoder import OnnxEncoder
+
+
+def _queries(n: int) -> list[str]:
+    from models.data import load_sample
+    from models.splits import split_of
+
+    texts = load_sample("msmarco").texts + load_sample("topics", 5000).texts
+    return [t for t in texts if split_of(t) == "dev"][:n]
+
+
+def encoders_of(artifact: Path, threads: int) -> dict[str, OnnxEncoder]:
+    from models.manifest import verify
+
+    manifest = verify(artifact, checksums=False)
+    out = {}
+    for name in ("teacher", "student"):
+        enc = manifest["encoders"][name]
+        out[f"{name}_fp32"] = OnnxEncoder(artifact / enc["onnx"], artifact / enc["tokenizer"], enc["max_length"], threads)
+        if enc.get("onnx_int8"):
+            out[f"{name}_int8"] = OnnxEncoder(artifact / enc["onnx_int8"], artifact / enc["tokenizer"], enc["max_length"], threads)
+    return out
+
+
+def bench(encoders: dict[str, OnnxEncoder], queries: list[str], batch: int = 32, rounds: int = 5) -> dict:
+    for enc in encoders.values():  # warm-up
+        for q in queries[:10]:
+            enc.encode([q])
+    single = {name: [] for name in encoders}
+    for q in queries:
+        for name, enc in encoders.items():
+            start = time.perf_counter()
+            enc.encode([q])
+            single[name].append(time.perf_counter() - start)
+    batched = {name: [] for name in encoders}
+    for r in range(rounds):
+        chunk = queries[(r * batch) % len(queries):][:batch]
+        for name, enc in encoders.items():
+            start = time.perf_counter()
+            enc.encode(chunk)
+            batched[name].append(len(chunk) / (time.perf_counter() - start))
+    rows = {}
+    for name in encoders:
+        lat = np.array(single[name]) * 1000
+        rows[name] = {
+            "batch1_median_ms": float(np.median(lat)),
+            "batch1_p99_ms": float(np.percentile(lat, 99)),
+            "batch32_texts_per_s": float(statistics.median(batched[name])),
+        }
+    ref = rows.get("teacher_fp32")
+    if ref:
+        for row in rows.values():
+            row["speedup_batch1_vs_teacher"] = ref["batch1_median_ms"] / row["batch1_median_ms"]
+            row["throughput_batch32_vs_teacher"] = row["batch32_texts_per_s"] / ref["batch32_texts_per_s"]
+    return rows
+
+
+def markdown(rows: dict) -> str:
+    lines = ["| encoder | batch-1 median ms | batch-1 p99 ms | × faster than teacher | batch-32 texts/s | × teacher |",
+             "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['batch1_median_ms']:.2f} | {r['batch1_p99_ms']:.2f} | {r.get('speedup_batch1_vs_teacher', 0):.1f} "
+            f"| {r['batch32_texts_per_s']:.0f} | {r.get('throughput_batch32_vs_teacher', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--extra", action="append", default=[], help="name=model.onnx:tokenizer.json")
+    parser.add_argument("--out", type=Path, default=None, help="write JSON here")
+    args = parser.parse_args()
+    encoders = encoders_of(args.artifact, args.threads)
+    for spec in args.extra:
+        name, paths = spec.split("=", 1)
+        model, tok = paths.split(":", 1)
+        encoders[name] = OnnxEncoder(model, tok, 128, args.threads)
+    queries = _queries(args.queries)
+    rows = bench(encoders, queries)
+    meta = {"machine": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "queries": len(queries),
+            "threads": args.threads, "artifact": str(args.artifact)}
+    print(json.dumps(meta))
+    print(markdown(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The generator keeps up with a few thousand requests per second on one core.
+
+Against the cheapest possible server (its own process, its own core when there are two),
+2000 requests/s for 2 s must go out close to schedule. The bounds are sanity bounds, not
+a benchmark: on a quiet machine the generator does several times more.
+"""
+
+from loadtest.runner import run_step
+
+
+def test_generator_sends_2000_per_second(trivial_server):
+    step = run_step(trivial_server, "student", 2000, 2.0, warmup_s=0.3, queries=["q"], scrape_metrics=False)
+    assert step.sent == step.scheduled == 4000
+    assert step.errors == {}
+    assert step.ok == 4000
+    assert step.sent_rps > 1500
+    assert step.generator_lag < 0.2 * step.sent
