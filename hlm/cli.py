@@ -22,6 +22,8 @@ def build(
     student_checkpoint: Optional[Path] = typer.Option(None, help="A trained student from `hlm distill` (default: closed-form fit)."),
     threads: int = typer.Option(2, help="CPU threads for encoding and index build."),
     if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing if a verified artifact is already there."),
+    gate_share: float = typer.Option(0.98, help="Share of the teacher's dev nDCG@10 the student must keep to be servable."),
+    allow_below_gate: bool = typer.Option(False, help="Mark the artifact servable even if the student fails the gate."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
@@ -39,7 +41,7 @@ def build(
     from models.build import build as run_build
 
     try:
-        run_build(get_profile(profile), out, data_dir, student_checkpoint, threads)
+        run_build(get_profile(profile), out, data_dir, student_checkpoint, threads, gate_share, allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:
         typer.echo(f"hlm build: {exc}", err=True)
         raise typer.Exit(2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 from typing import Callable, Optional
@@ -75,6 +76,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         state.phase = "verifying"
         try:
             manifest = await asyncio.to_thread(load_manifest, settings)

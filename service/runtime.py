@@ -114,7 +114,8 @@ class Runtime:
                                     f"{self.manifest['index']['dim']}-d vectors.")
             log.info("%s encoder %s (%s) on %s loaded in %.1f s", name, model, precision, encoder.provider,
                      time.perf_counter() - t0)
-            slot = EncoderSlot(name, precision, spec.get("model", name), encoder, row_by_row=(precision == "int8"))
+            row_by_row = precision == "int8" and self.settings.exact_batches
+            slot = EncoderSlot(name, precision, spec.get("model", name), encoder, row_by_row=row_by_row)
             slot.m_encode = self.metrics.encoder_duration.labels(name, precision)
             slot.m_index = self.metrics.index_duration.labels(name)
             slot.m_queries = self.metrics.queries.labels(name)
@@ -244,6 +245,7 @@ class Runtime:
                 "max_body_bytes": self.settings.max_body_bytes,
             },
             "batching": {"max_batch": self.settings.max_batch, "teacher_max_batch": self.settings.teacher_batch,
-                         "max_wait_ms": self.settings.max_wait_ms, "queue_size": self.settings.queue_size},
+                         "max_wait_ms": self.settings.max_wait_ms, "queue_size": self.settings.queue_size,
+                         "exact_batches": self.settings.exact_batches},
             "shadow_rate": self.settings.shadow_rate,
         }

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=100.0,
         description="How long a worker waits for more requests after the first; 0 = take what is queued (batches form under load).",
     )
+    exact_batches: bool = Field(
+        True,
+        description="Run int8 models one query at a time inside a batch: dynamic int8 quantisation scales "
+        "activations over the whole batch, so batching them together changes answers (cosine ~0.996 to the "
+        "query alone). False: one ONNX call per batch, more throughput at saturation, answers depend on the batch.",
+    )
     queue_size: int = Field(256, ge=1, description="Bound of each encoder's queue, in requests; past it requests get 429.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
 
@@ -44,6 +50,12 @@ class Settings(BaseSettings):
         None, description="Student model to serve; default the manifest's encoders.student.default_precision."
     )
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider.")
+    switch_interval_ms: float = Field(
+        5.0, gt=0.0, le=100.0,
+        description="Python's GIL switch interval for this process (5 ms is Python's default): a batch worker "
+        "whose ONNX run has ended waits at most this long for a busy event loop to hand over. A knob for "
+        "load tests near saturation; not measured to help on a quiet machine yet.",
+    )
 
     # Shadow comparison of the student against the teacher, off the hot path.
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of student requests re-run through the teacher.")
