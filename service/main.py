@@ -99,7 +99,8 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         try:
             yield
         finally:
-            state.phase = "draining"
+            if state.phase != "failed":
+                state.phase = "draining"
             metrics.ready.set(0)
             await loader  # a load in progress cannot be interrupted; let it end
             await runtime.close()

@@ -160,3 +160,15 @@ def test_a_missing_artifact_stops_start_up(start_server, tmp_path):
     assert srv.proc.wait(120) == 2
     log = srv.log()
     assert "does not exist" in log and "Traceback" not in log
+
+
+def test_a_model_that_cannot_load_stops_the_server(start_server):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: provider=cuda would load")
+    srv = start_server(provider="cuda")
+    assert srv.proc.wait(120) == 2
+    log = srv.log()
+    assert "start-up stopped: RuntimeError: HLM_PROVIDER=cuda but this onnxruntime has no CUDAExecutionProvider." in log
+    assert "Traceback" not in log
