@@ -11,7 +11,8 @@ complete, see ``manifest.staged_folder``):
              produced by ``hlm distill`` when ``student_checkpoint`` is given
 5. export    student fp32 + int8 ONNX, tokenizers, parity against PyTorch
 6. eval      student vs teacher on held-out queries; index recall against exact search
-7. manifest  sha256 of every file; rename into place
+7. gate      judged dev nDCG@10 of the student against the teacher's (models/gate.py)
+8. manifest  sha256 of every file, servable flag from the gate; rename into place
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def build(
     data_directory: Path | None = None,
     student_checkpoint: Path | None = None,
     threads: int = 2,
+    gate_share: float = 0.98,
+    allow_below_gate: bool = False,
 ) -> dict:
     """Build an artifact for ``profile`` into ``out_dir`` and return its manifest."""
     import torch
@@ -224,8 +227,17 @@ def build(
                 print(f"  {name}: overlap@10 with teacher {s['overlap_at_10']:.3f}, mean cosine {s['mean_cosine']:.3f}")
             print(f"  hnsw recall@10 at ef={profile.hnsw_ef}: {summary['hnsw_recall_at_10']}")
 
+        with timer.step("gate"):
+            gate = _gate(profile, inputs, teacher, teacher_cache, student8, gate_share, allow_below_gate)
+            summary["gate"] = gate.to_dict()
+            (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"  {gate.message}")
+
         with timer.step("manifest"):
-            manifest = write_manifest(stage, _manifest(profile, inputs, teacher, student, student_note, summary, student_tok))
+            manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok)
+            manifest["servable"] = gate.servable
+            manifest["gate"] = gate.to_dict()
+            manifest = write_manifest(stage, manifest)
             verify(stage)
 
     total = round(time.perf_counter() - started, 1)
@@ -271,6 +283,33 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
     weight, bias = fit_projection(x, y, profile.ridge)
     note = f"{STUDENT_BASE_NAME} + linear 384->768 (closed-form ridge fit on {len(x)} texts)"
     return attach_projection(base, weight, bias), note, "student"
+
+
+def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
+    """Score teacher and (int8, the served precision) student on judged dev queries."""
+    from models.evaluate import JudgedEval
+    from models.gate import check_gate
+
+    products = data_mod.load_sample("products")
+    title_of = dict(zip(products.ids, products.texts))
+    judged = data_mod.load_sample_judgments()
+    queries, judgments = [], []
+    for query, graded in judged.by_query.items():
+        graded = {d: r for d, r in graded.items() if d in title_of}
+        if split_of(query) == "dev" and graded:
+            queries.append(query)
+            judgments.append(graded)
+    if profile.gate_queries is not None:
+        queries, judgments = queries[: profile.gate_queries], judgments[: profile.gate_queries]
+    pool = [k[3:] for k in inputs.keyword_ids if k.startswith("hd:")]
+    pool = list(dict.fromkeys(pool + [d for graded in judgments for d in graded]))
+    vectors = cached_encode(teacher, teacher_cache, [title_of[d] for d in pool], "gate products (teacher)")
+    scored = JudgedEval(queries, judgments, pool, vectors)
+    teacher_row = scored.score(lambda texts: cached_encode(teacher, teacher_cache, list(texts), "gate queries (teacher)"))
+    student_row = scored.score(lambda texts: student.encode_many(list(texts)))
+    print(f"  gate set: {len(queries)} judged dev queries over {len(pool)} product titles")
+    print(f"  teacher nDCG@10 {teacher_row['ndcg_at_10']:.4f}, student nDCG@10 {student_row['ndcg_at_10']:.4f}")
+    return check_gate(student_row["ndcg_at_10"], teacher_row["ndcg_at_10"], share, allow_below)
 
 
 def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:

@@ -19,6 +19,7 @@ class Profile:
     topics: int | None  # Million Query topics in the keyword corpus (None = all)
     fit_queries: int | None  # train-split queries whose teacher vectors align the student
     heldout_queries: int  # dev-split queries for the student-vs-teacher check
+    gate_queries: int | None = 500  # judged dev queries scored by the quality gate (None = all)
     # hnswlib parameters; inner product on L2-normalised vectors == cosine.
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
@@ -28,9 +29,9 @@ class Profile:
 
 
 PROFILES = {
-    "small": Profile("small", products=300, topics=200, fit_queries=300, heldout_queries=100),
+    "small": Profile("small", products=300, topics=200, fit_queries=300, heldout_queries=100, gate_queries=40),
     "demo": Profile("demo", products=6000, topics=4000, fit_queries=4000, heldout_queries=600),
-    "full": Profile("full", products=None, topics=None, fit_queries=None, heldout_queries=2000),
+    "full": Profile("full", products=None, topics=None, fit_queries=None, heldout_queries=2000, gate_queries=None),
 }
 
 

@@ -31,5 +31,7 @@ def small_artifact(tmp_path_factory, data_dir) -> Path:
     from models.profiles import get_profile
 
     out = tmp_path_factory.mktemp("artifact") / "small"
-    build(get_profile("small"), out, data_dir)
+    # The small profile's closed-form student is not expected to pass the quality gate;
+    # the tests need a servable artifact, so the override is used (and recorded).
+    build(get_profile("small"), out, data_dir, allow_below_gate=True)
     return out
