@@ -319,7 +319,10 @@ async def run_step_async(
 
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # No cookie jar and no decompression: neither is needed, and per-request client CPU
+    # (~250 us with uvloop here, i.e. ~4000 requests/s on one idle core) is the generator's limit.
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                                     auto_decompress=False) as session:
         n_bodies = int(rate * duration_s) + 1 if mode == "open" else 10_000
         bodies = _make_bodies(queries, spec, k, min(n_bodies, len(queries)), query_offset)
         if preflight:

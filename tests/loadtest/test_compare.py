@@ -1,0 +1,68 @@
+"""Student vs teacher end to end against a real loopback service, with tiny steps.
+
+The fake service answers the student in 2 ms and the teacher in 20 ms, one request at a
+time each, so the teacher cannot serve more than 50 requests/s: at 80/s offered it must
+fail whatever the machine's load. Everything else is checked for structure, not speed.
+"""
+
+import json
+import math
+
+from loadtest.compare import compare
+from loadtest.report import run_order
+
+
+def test_compare_writes_a_complete_run_folder(quick_service, tmp_path):
+    folder = compare(quick_service, runs_root=tmp_path, duration_s=1.0, warmup_s=0.3, start_rps=20,
+                     max_rps=80, refine=0, progress=None, query_files=None)
+    assert folder.parent == tmp_path and folder.name.startswith("loadtest-")
+    for name in ("results.json", "report.md", "latency_vs_load.png", "latency_hist.png", "progress.log"):
+        assert (folder / name).is_file(), name
+    for png in ("latency_vs_load.png", "latency_hist.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    doc = json.loads((folder / "results.json").read_text())  # strict JSON: no NaN/Infinity
+    meta, summary = doc["meta"], doc["summary"]
+    assert meta["slos_ms"] == [15.0, 100.0]
+    assert meta["cpus"]["note"]
+    enc = {e["encoder"]: e for e in doc["encoders"]}
+    assert set(enc) == {"student", "teacher"}
+
+    # steps alternate: round 0 student then teacher, round 1 teacher then student, ...
+    steps = sorted(((seq, e["encoder"]) for e in doc["encoders"] for seq in e["seq"]))
+    order = [name for _, name in steps]
+    assert order[:2] == ["student", "teacher"]
+    if len(enc["student"]["steps"]) >= 2 and len(enc["teacher"]["steps"]) >= 2:
+        assert order[2:4] == ["teacher", "student"]
+
+    # the teacher (max 50/s) cannot sustain 80/s at any SLO
+    teacher_80 = [s for s in enc["teacher"]["steps"] if s["offered_rps"] == 80.0]
+    if teacher_80:
+        assert teacher_80[0]["achieved_rps"] < 0.95 * 80
+    for slo in ("15", "100"):
+        best = enc["teacher"]["max_rps"][slo]
+        assert best is None or best < 80
+
+    # the server's histogram counted exactly the measured requests (warm-up drained first)
+    for e in doc["encoders"]:
+        for s in e["steps"]:
+            assert s["server"] is not None, s["server_note"]
+            http_errors = sum(v for k, v in s["errors"].items() if k.isdigit())
+            assert s["server"]["requests"] == s["ok"] + http_errors
+            assert s["latency"]["count"] == s["ok"]
+
+    assert "student/teacher" in summary["ratios"]
+    md = (folder / "report.md").read_text()
+    assert "## Ratios" in md and "## Steps in run order" in md
+    assert "server p99" in md and "generator pinned" in md or "not pinned" in md
+    assert md.count("| student |") + md.count("| teacher |") >= len(order)
+
+
+def test_run_order_follows_seq():
+    from loadtest.sweep import EncoderSweep
+
+    a, b = EncoderSweep("a"), EncoderSweep("b")
+    a.seq, b.seq = [0, 3], [1, 2]
+    a.steps, b.steps = [None, None], [None, None]
+    assert [(sw.encoder, j) for sw, j in run_order([a, b])] == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
+    assert math.isinf(float("inf"))
