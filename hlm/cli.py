@@ -68,7 +68,7 @@ def distill(
     from models.distill.teacher_vectors import TeacherVectors
 
     out = out or Path("runs/students") / student
-    data = build_training_data(TeacherVectors(threads), products_limit=products)
+    data = build_training_data(TeacherVectors(threads), products_limit=products, kl_candidates=32 if kl_weight else 0)
     typer.echo(f"training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} phase-3 pairs")
     done = run_phases(
         student, data, out, phases.split(","),
@@ -92,6 +92,26 @@ def eval_cmd(
     from models.distill.report import evaluate_all
 
     evaluate_all(checkpoints or [], artifact, out, limit, threads)
+
+
+@app.command("export-student")
+def export_student(
+    checkpoint: Path = typer.Argument(..., help="A student checkpoint folder from `hlm distill`."),
+    out: Path = typer.Option(..., help="Folder for model.onnx, model.int8.onnx and tokenizer.json."),
+) -> None:
+    """Export a trained student to ONNX (fp32 + int8) on its own, for benchmarks and studies."""
+    from models import export as export_mod
+    from models.distill.checkpoint import load_student_checkpoint, read_spec
+    from models.distill.students import tokenizer_name
+    from models.encoders import tokenizer_path
+
+    spec, _ = read_spec(checkpoint)
+    tok = tokenizer_path(tokenizer_name(spec))
+    out.mkdir(parents=True, exist_ok=True)
+    export_mod.copy_tokenizer(tok, out / "tokenizer.json", 128)
+    export_mod.export_onnx(load_student_checkpoint(checkpoint), out / "model.onnx", tok)
+    export_mod.quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+    typer.echo(f"exported {spec.name} to {out}")
 
 
 @app.command("verify")

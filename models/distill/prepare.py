@@ -59,8 +59,11 @@ def build_training_data(
         texts += data_mod.load_sample("topics", topics_limit).texts
     texts = list(dict.fromkeys(texts))
     text_targets = teacher(texts, "phase-2 texts (teacher)")
-    # For ranking KL: each text's candidates are the teacher's top keywords for it.
-    text_candidates = exact_top_k(doc_vectors, text_targets, kl_candidates).astype(np.int64)
+    # For ranking KL: each text's candidates are the teacher's top keywords for it
+    # (an exact search over all texts: skipped when the objective does not use it).
+    text_candidates = None
+    if kl_candidates:
+        text_candidates = exact_top_k(doc_vectors, text_targets, kl_candidates).astype(np.int64)
 
     judged = data_mod.load_sample_judgments()
     pair_queries, pair_positive, pair_negatives = [], [], []
