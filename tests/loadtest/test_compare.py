@@ -13,7 +13,7 @@ from loadtest.report import run_order
 
 
 def test_compare_writes_a_complete_run_folder(quick_service, tmp_path):
-    folder = compare(quick_service, runs_root=tmp_path, duration_s=1.0, warmup_s=0.3, start_rps=20,
+    folder = compare(quick_service, runs_root=tmp_path, duration_s=0.7, warmup_s=0.2, start_rps=20,
                      max_rps=80, refine=0, progress=None, query_files=None)
     assert folder.parent == tmp_path and folder.name.startswith("loadtest-")
     for name in ("results.json", "report.md", "latency_vs_load.png", "latency_hist.png", "progress.log"):
