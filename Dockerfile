@@ -47,29 +47,33 @@ RUN set -- g++; \
     && apt-get install -y --no-install-recommends "$@" \
     && rm -rf /var/lib/apt/lists/*
 
-RUN python3 -m venv /opt/build
+# The runtime's virtual environment is assembled here and copied over whole: the same base
+# image, so the same interpreter path. (Copying is content-addressed, so every builder --
+# BuildKit, buildah -- invalidates it correctly, unlike a bind mount of /wheels.)
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 
-# Third-party wheels first: this layer is rebuilt only when pyproject.toml changes.
+# Third-party dependencies first: rebuilt only when pyproject.toml changes. Every package
+# becomes a wheel (hnswlib compiled here), then the venv installs from /wheels only.
 # The CA bundle is an optional build secret for builds behind a TLS-intercepting proxy
 # (docker/README.md); without it the image's own bundle is used.
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
-    python3 docker/requirements.py pyproject.toml --onnxruntime "${ORT_PACKAGE}" > /wheels.txt \
-    && cat /wheels.txt \
+    python3 docker/requirements.py pyproject.toml --onnxruntime "${ORT_PACKAGE}" > requirements.txt \
+    && cat requirements.txt \
     && PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-       /opt/build/bin/pip wheel --wheel-dir /wheels --no-binary hnswlib -r /wheels.txt \
-    && mv /wheels.txt /wheels/requirements.txt
+       /opt/venv/bin/pip wheel --wheel-dir /wheels --no-binary hnswlib -r requirements.txt \
+    && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt
 
-# The project itself (hlm CLI, service, models/manifest.py), as a wheel.
+# The project itself (hlm CLI, service, models/manifest.py), as a wheel for the runtime.
 COPY README.md* ./
 COPY hlm ./hlm
 COPY service ./service
 COPY models ./models
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels/project .
+    /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels/project .
 
 # ---------------------------------------------------------------------------------------
 # runtime: the artifact folder is mounted at /artifact (read-only is enough).
@@ -77,24 +81,25 @@ FROM ${BASE_IMAGE} AS runtime
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# CUDA and plain OS images come without Python; no compiler is installed here.
+# CUDA and plain OS images come without Python (the venv from the builder needs the same
+# interpreter); no compiler is installed here.
 # DL3008: as in the builder, the base image tag pins the distribution's packages.
 # hadolint ignore=DL3008
-RUN if ! python3 -m venv /tmp/probe >/dev/null 2>&1; then \
+RUN if ! command -v python3 >/dev/null; then \
         apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
         && rm -rf /var/lib/apt/lists/*; \
-    fi; \
-    rm -rf /tmp/probe
+    fi
 
 RUN groupadd --gid 10001 hlm \
     && useradd --no-log-init --uid 10001 --gid hlm --home-dir /srv/hlm --create-home --shell /usr/sbin/nologin hlm
 
-# Install from the builder's wheels only (--no-index): nothing is compiled or downloaded.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/project/*.whl \
+# Dependencies (a large layer that changes only with pyproject.toml), then the project
+# wheel (a small one): nothing is compiled or downloaded in this stage.
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /wheels/project/ /tmp/project/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /tmp/project/*.whl \
+    && rm -rf /tmp/project \
     && /opt/venv/bin/pip check
 
 ENV PATH=/opt/venv/bin:$PATH \
