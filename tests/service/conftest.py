@@ -94,14 +94,3 @@ def server(start_server) -> Server:
     srv = start_server(shadow_rate=0)
     srv.wait_for("/readyz")
     return srv
-
-
-def error_of(response: httpx.Response) -> dict:
-    """The JSON error body every 4xx/5xx must have."""
-    assert response.headers["content-type"].startswith("application/json"), response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] and body["error"]["message"], body
-    assert "Traceback" not in response.text
-    return body["error"]

@@ -8,12 +8,11 @@ import json
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.encoder import OnnxEncoder
 from service.index import KeywordIndex
 from service.metrics import LATENCY_BUCKETS
-from tests.service.conftest import error_of
+from http_helpers import error_of, metrics, value
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -98,21 +97,6 @@ def test_batch_equals_singles(server, encoder):
     for one, many in zip(single_hits, batch_hits):
         assert keywords(one)[0] == keywords(many)[0]
         np.testing.assert_allclose(keywords(one)[1], keywords(many)[1], atol=1e-5)
-
-
-def metrics(server) -> dict:
-    """{(sample name, frozenset(labels)): value} from /metrics, parsed by prometheus_client."""
-    response = server.client.get("/metrics")
-    assert response.status_code == 200
-    out = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 @pytest.mark.parametrize("encoder", ["student", "teacher"])

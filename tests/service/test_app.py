@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
-from tests.service.conftest import error_of
+from http_helpers import error_of
 
 
 def client(**settings) -> TestClient:

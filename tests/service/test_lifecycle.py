@@ -16,8 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.conftest import error_of
-from tests.service.test_api import metrics, value
+from http_helpers import error_of, metrics, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
