@@ -33,7 +33,9 @@ def load_manifest(settings: Settings) -> dict[str, Any]:
     """Verify the artifact folder; ArtifactError (one sentence) if it must not be served."""
     manifest = verify(settings.artifact_dir, checksums=settings.verify_checksums)
     if manifest.get("servable") is False:
-        raise ArtifactError(f"The artifact in {settings.artifact_dir} is marked not servable in its manifest.")
+        why = (manifest.get("gate") or {}).get("message")
+        raise ArtifactError(f"The artifact in {settings.artifact_dir} is marked not servable in its manifest"
+                            + (f": {why}." if why else "."))
     student = manifest["encoders"]["student"]
     precision = settings.student_precision or student.get("default_precision") or "fp32"
     if precision == "int8" and not student.get("onnx_int8"):
@@ -239,6 +241,7 @@ class Runtime:
             | {"default_ef": self.default_ef},
             "corpus": {"rows": (m.get("corpus") or {}).get("rows")},
             "eval": m.get("eval"),
+            "gate": m.get("gate"),
             "limits": {
                 "default_k": self.settings.default_k, "max_k": self.settings.max_k, "max_ef": self.settings.max_ef,
                 "max_queries": self.settings.max_queries, "max_query_chars": self.settings.max_query_chars,

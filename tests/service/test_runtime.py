@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -13,6 +14,7 @@ from service.batcher import Job
 from service.encoder import OnnxEncoder
 from service.index import KeywordIndex
 from service.metrics import Metrics
+from models.manifest import ArtifactError
 from service.runtime import Query, Runtime, load_manifest
 from service.settings import Settings
 
@@ -76,3 +78,18 @@ def test_concurrent_searches_at_different_ef(small_artifact):
     for t in threads:
         t.join()
     assert not errors and manifest["index"]["count"] == len(index)
+
+
+def test_an_artifact_below_the_quality_gate_is_refused(small_artifact, tmp_path):
+    copy = tmp_path / "copy"
+    for path in small_artifact.rglob("*"):
+        if path.is_file() and path.name != "manifest.json":
+            target = copy / path.relative_to(small_artifact)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, target)
+    manifest = json.loads((small_artifact / "manifest.json").read_text())
+    manifest["servable"] = False
+    manifest["gate"] = {"message": "the student fails the quality gate"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="marked not servable in its manifest: the student fails the quality gate."):
+        load_manifest(Settings(artifact_dir=copy, verify_checksums=False))
