@@ -11,6 +11,7 @@ server's cores, and the run folder ``runs/loadtest-<UTC timestamp>/`` gets:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shlex
@@ -116,7 +117,7 @@ def compare(
         if progress:
             progress(msg)
 
-    specs = [EncoderSpec.of(e) for e in encoders]
+    specs = [dataclasses.replace(EncoderSpec.of(e)) for e in encoders]  # copies: urls get filled in
     slos = sorted({slo_ms} | ({loose_slo_ms} if loose_slo_ms else set()))
     with ExitStack() as outer:
         outer.callback(log_file.close)
@@ -134,15 +135,7 @@ def _run(url, specs, slos, run_dir, say, *, server_cmd, srv_cpus, gen_cpus, cpu_
     """Start the server if asked, pin the generator, run the sweeps; stop the server after."""
     with ExitStack() as stack:
         if server_cmd:
-            cmd = shlex.split(server_cmd) if isinstance(server_cmd, str) else list(server_cmd)
-            if any("{port}" in c for c in cmd) or url is None:
-                port = free_port()
-                cmd = [c.replace("{port}", str(port)) for c in cmd]
-                url = f"http://127.0.0.1:{port}"
-            base = check_target(url, allow_remote=False)  # a server we start is always local
-            say(f"starting server: {shlex.join(cmd)} (CPUs {srv_cpus or 'all'})")
-            stack.enter_context(launch_server(cmd, ready_url=endpoint(base, "/readyz"), cpus=srv_cpus,
-                                              log_path=run_dir / "server.log"))
+            base = _start_servers(stack, server_cmd, url, specs, srv_cpus, run_dir, say)
         else:
             base = check_target(url or DEFAULT_URL, allow_remote=allow_remote)
         stack.enter_context(pinned(gen_cpus))
@@ -150,7 +143,8 @@ def _run(url, specs, slos, run_dir, say, *, server_cmd, srv_cpus, gen_cpus, cpu_
         meta = {
             "url": base,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "encoders": [{"label": s.label, "body": s.body, "metric_encoder": s.metric_label} for s in specs],
+            "encoders": [{"label": s.label, "body": s.body, "metric_encoder": s.metric_label,
+                          "url": s.url or base, "server_env": s.env} for s in specs],
             "mode": f"open loop, {arrivals} arrivals",
             "duration_s": duration_s,
             "warmup_s": warmup_s,
@@ -160,7 +154,7 @@ def _run(url, specs, slos, run_dir, say, *, server_cmd, srv_cpus, gen_cpus, cpu_
             "machine": machine_description(),
             "queries": {"count": len(queries), "files": [str(p) for p in query_files] if query_files else "default"},
             "server_cmd": server_cmd if isinstance(server_cmd, str) or server_cmd is None else shlex.join(server_cmd),
-            "server_info": _server_info(base),
+            "server_info": {u: _server_info(u) for u in dict.fromkeys([s.url or base for s in specs])},
         }
         say(f"run folder {run_dir}; {cpu_note}")
 
@@ -180,6 +174,43 @@ def _run(url, specs, slos, run_dir, say, *, server_cmd, srv_cpus, gen_cpus, cpu_
         meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     return meta, sweeps
+
+
+def _start_servers(stack: ExitStack, server_cmd, url: str | None, specs: list[EncoderSpec], cpus,
+                   run_dir: Path, say: Callable[[str], None]) -> str:
+    """Start one server per distinct ``spec.env`` (usually just one); return the main URL.
+
+    A ``{port}`` in the command is replaced by a free port (required when more than one
+    server is started); otherwise the port of ``url`` is the server's own business. Specs
+    with an explicit ``url`` talk to a server the user started and are left alone.
+    """
+    template = shlex.split(server_cmd) if isinstance(server_cmd, str) else list(server_cmd)
+    has_port = any("{port}" in c for c in template)
+    groups: dict[tuple, list[EncoderSpec]] = {}
+    for spec in specs:
+        if spec.url is None:
+            groups.setdefault(tuple(sorted(spec.env.items())), []).append(spec)
+    if len(groups) > 1 and not has_port:
+        raise ValueError("several server variants need '{port}' in the server command")
+    main_url = None
+    for n, (env_items, members) in enumerate(groups.items() or [((), [])]):
+        if has_port or url is None:
+            port = free_port()
+            cmd = [c.replace("{port}", str(port)) for c in template]
+            base = f"http://127.0.0.1:{port}"
+        else:
+            cmd, base = template, url
+        base = check_target(base, allow_remote=False)  # a server we start is always local
+        env = dict(env_items)
+        say(f"starting server: {' '.join(f'{k}={v}' for k, v in env.items())} {shlex.join(cmd)} "
+            f"(CPUs {','.join(map(str, cpus)) if cpus else 'all'})")
+        stack.enter_context(launch_server(cmd, ready_url=endpoint(base, "/readyz"), cpus=cpus, env=env,
+                                          log_path=run_dir / ("server.log" if n == 0 else f"server-{n}.log")))
+        if len(groups) > 1:
+            for spec in members:
+                spec.url = base
+        main_url = main_url or base
+    return main_url
 
 
 def write_run(run_dir: Path, meta: dict, sweeps, say: Callable[[str], None] | None = None) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -52,21 +53,36 @@ class EncoderSpec:
     ``label`` names the encoder in reports; ``body`` is merged into every request body (at
     least ``{"encoder": ...}``); ``metric_encoder`` is the value of the ``encoder`` label in
     /metrics. ``EncoderSpec.of("teacher")`` covers the usual case.
+
+    Variants that need their own server process (the service picks the student's precision
+    at start-up, ``HLM_STUDENT_PRECISION``) carry ``env`` (compare() then starts one server
+    per distinct env) or ``url`` (a server the user started).
     """
 
     label: str
     body: dict = field(default_factory=dict)
     metric_encoder: str | None = None
+    url: str | None = None  # this variant's server, if not the run's URL
+    env: dict = field(default_factory=dict)  # environment of this variant's server (compare starts it)
 
     @classmethod
     def of(cls, spec: "str | EncoderSpec") -> "EncoderSpec":
-        """``"student"``, or ``"label=json-body"`` e.g. ``student-int8={"encoder":"student_int8"}``."""
+        """``"student"``, or ``"label=JSON"`` where JSON is the request body plus two optional
+        keys that are not sent: ``"@url"`` and ``"@env"``. Example::
+
+            student-int8={"encoder":"student","@env":{"HLM_STUDENT_PRECISION":"int8"}}
+        """
         if isinstance(spec, EncoderSpec):
             return spec
         if "=" in spec:
             label, raw = spec.split("=", 1)
             body = json.loads(raw)
-            return cls(label, body, body.get("encoder", label))
+            if not isinstance(body, dict):
+                raise ValueError(f"encoder spec {spec!r}: JSON must be an object")
+            url = body.pop("@url", None)
+            env = {str(k): str(v) for k, v in (body.pop("@env", None) or {}).items()}
+            body.setdefault("encoder", label)
+            return cls(label, body, body["encoder"], url, env)
         return cls(spec, {"encoder": spec}, spec)
 
     @property
@@ -245,9 +261,15 @@ async def _closed_loop(
     return t0
 
 
+def metrics_headers() -> dict[str, str]:
+    """The service guards /metrics with a bearer token when HLM_ADMIN_TOKEN is set."""
+    token = os.environ.get("HLM_ADMIN_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 async def _scrape(session: aiohttp.ClientSession, metrics_url: str) -> str | None:
     try:
-        async with session.get(metrics_url) as resp:
+        async with session.get(metrics_url, headers=metrics_headers()) as resp:
             if resp.status != 200:
                 return None
             return await resp.text()
@@ -302,8 +324,8 @@ async def run_step_async(
     preflight: bool = True,
 ) -> StepResult:
     """Async form of :func:`run_step` (for callers already inside an event loop)."""
-    base = check_target(url, allow_remote=allow_remote)
     spec = EncoderSpec.of(encoder)
+    base = check_target(spec.url or url, allow_remote=allow_remote)
     if duration_s <= 0 or duration_s > MAX_DURATION_S:
         raise ValueError(f"duration_s must be in (0, {MAX_DURATION_S}]")
     if mode not in ("open", "closed"):

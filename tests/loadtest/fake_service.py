@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--serial", action="store_true")
     args = ap.parse_args()
     delays = {k: float(v) for k, v in (d.split("=") for d in args.delay)} or {"student": 0.0, "teacher": 0.0}
+    # Lets one command start differently configured servers (the way HLM_* settings do).
+    scale = float(os.environ.get("FAKE_DELAY_SCALE", "1"))
+    delays = {k: v * scale for k, v in delays.items()}
     import uvicorn
 
     uvicorn.run(create_app(delays, args.serial), host="127.0.0.1", port=args.port, log_level="warning",

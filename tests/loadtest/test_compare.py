@@ -66,3 +66,25 @@ def test_run_order_follows_seq():
     a.steps, b.steps = [None, None], [None, None]
     assert [(sw.encoder, j) for sw, j in run_order([a, b])] == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
     assert math.isinf(float("inf"))
+
+
+def test_variants_that_need_their_own_server(tmp_path):
+    """E.g. student int8 vs fp32, which the service picks at start-up: one server per env."""
+    import sys
+
+    cmd = [sys.executable, "-m", "tests.loadtest.fake_service", "--port", "{port}", "--delay", "student=0.002"]
+    folder = compare(
+        None, server_cmd=cmd, runs_root=tmp_path, duration_s=0.5, warmup_s=0, start_rps=20, max_rps=20,
+        refine=0, progress=None,
+        encoders=['fast={"encoder":"student","@env":{"FAKE_DELAY_SCALE":"1"}}',
+                  'slow={"encoder":"student","@env":{"FAKE_DELAY_SCALE":"10"}}'],
+    )
+    doc = json.loads((folder / "results.json").read_text())
+    urls = {e["label"]: e["url"] for e in doc["meta"]["encoders"]}
+    assert urls["fast"] != urls["slow"]
+    assert (folder / "server.log").is_file() and (folder / "server-1.log").is_file()
+    enc = {e["encoder"]: e for e in doc["encoders"]}
+    fast, slow = enc["fast"]["steps"][0], enc["slow"]["steps"][0]
+    assert fast["server"]["ok_requests"] == fast["ok"] and slow["server"]["ok_requests"] == slow["ok"]
+    assert slow["server"]["mean"] >= 19 and slow["server"]["mean"] > fast["server"]["mean"]  # 20 ms vs 2 ms
+    assert "fast/slow" in doc["summary"]["ratios"]
