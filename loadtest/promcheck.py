@@ -164,6 +164,7 @@ class PrometheusServer:
 @dataclass
 class PromCheckResult:
     prometheus_query: str
+    prometheus_url: str | None = None  # where the throwaway Prometheus listened (loopback)
     per_encoder: dict[str, dict] = field(default_factory=dict)  # label -> harness/prometheus p99 (ms), agree
     agree: bool = False
     rules_file: str | None = None
@@ -212,6 +213,7 @@ def check_against_prometheus(
     queries = list(queries) if queries else load_queries()
     metrics_url = endpoint(base, "/metrics")
     with PrometheusServer(host_port, rules_files=rules) as prom:
+        result.prometheus_url = prom.url
         # A few requests first so every series exists before the window we compare.
         for spec in specs:
             run_step(base, spec, min(rate, 20.0), 0.25, warmup_s=0, queries=queries, scrape_metrics=False,
