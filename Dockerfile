@@ -6,7 +6,7 @@
 #
 #   CPU (default):  docker build -t hlm-retrieval .
 #   GPU:            docker build -t hlm-retrieval:gpu \
-#                     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 \
 #                     --build-arg ORT_PACKAGE=onnxruntime-gpu .
 #   Artifact baked: docker build -t hlm-retrieval:demo --target runtime-baked \
 #                     --build-context artifact=artifacts/demo .
@@ -20,7 +20,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # the image runs on any x86-64 CPU, not only on the build machine's.
 FROM ${BASE_IMAGE} AS builder
 
-# onnxruntime (CPU) or onnxruntime-gpu: exactly one of them ends up installed.
+# onnxruntime (CPU) or onnxruntime-gpu, optionally with a version ("onnxruntime-gpu<1.24"):
+# exactly one of them ends up installed.
 ARG ORT_PACKAGE=onnxruntime
 # Optional package index overrides (a mirror, a private index); empty means PyPI.
 ARG PIP_INDEX_URL=""

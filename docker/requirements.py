@@ -3,7 +3,9 @@
 They are the base dependencies plus the ``serve`` extra of ``pyproject.toml`` (extras that
 refer back to the project itself are expanded), so pyproject.toml stays the one source of
 truth. ``--onnxruntime onnxruntime-gpu`` swaps the ONNX Runtime package for the GPU build:
-the two must never be installed side by side, they share the ``onnxruntime`` module.
+the two must never be installed side by side, they share the ``onnxruntime`` module. A
+version may come with it (``onnxruntime-gpu<1.24``, e.g. to match a CUDA 12 base image);
+without one the pyproject's bound is kept.
 
     python3 docker/requirements.py pyproject.toml [--extra serve] [--onnxruntime onnxruntime-gpu]
 
@@ -40,8 +42,14 @@ def serving_requirements(pyproject: dict, extras: list[str], onnxruntime: str) -
             for extra in (match.group(2) or "[]")[1:-1].split(","):
                 expand(extra.strip())
             return
-        if name == "onnxruntime" and onnxruntime != "onnxruntime":
-            requirement = onnxruntime + requirement[match.end(1):]
+        if name == "onnxruntime":
+            wanted = _NAME.match(onnxruntime)
+            if wanted is None or _canonical(wanted.group(1)) not in ("onnxruntime", "onnxruntime-gpu"):
+                raise SystemExit(f"requirements.py: {onnxruntime!r} is not onnxruntime or onnxruntime-gpu")
+            if onnxruntime[wanted.end():].strip():  # a version of its own
+                requirement = onnxruntime.strip()
+            else:
+                requirement = wanted.group(1) + requirement[match.end(1):]
         if requirement not in out:
             out.append(requirement)
 
@@ -68,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--onnxruntime",
         default="onnxruntime",
-        choices=["onnxruntime", "onnxruntime-gpu"],
-        help="ONNX Runtime package to install in place of onnxruntime",
+        help="ONNX Runtime package (onnxruntime or onnxruntime-gpu, optionally with a version) in place of onnxruntime",
     )
     args = parser.parse_args(argv)
     with open(args.pyproject, "rb") as fh:

@@ -8,7 +8,7 @@
 #   CONTAINER_ENGINE  podman or docker (default: podman if installed, else docker)
 #   BASE_IMAGE        base image build argument (default python:3.11-slim-bookworm;
 #                     localhost/hlm-base:bookworm from docker/make-local-base.sh offline)
-#   ORT_PACKAGE       onnxruntime (default) or onnxruntime-gpu
+#   ORT_PACKAGE       onnxruntime (default) or onnxruntime-gpu (optionally with a version)
 #   IMAGE             tag to build and run (default localhost/hlm-retrieval:smoke)
 #   CA_BUNDLE         CA bundle passed as build secret "ca" (default: the system bundle
 #                     if present; empty: none)
@@ -133,6 +133,7 @@ EOF
     sleep 0.2
 done
 say "ready after $ready s"
+"$engine" logs "$name" 2>&1 | grep -m1 -E 'ready:' | sed 's/^/smoke: service log: /' || true
 
 if [[ "$engine" == podman ]]; then
     # Without systemd podman does not schedule health checks; run the image's check once.

@@ -227,12 +227,21 @@ def _requirements_module():
     return module
 
 
-@pytest.mark.parametrize("ort", ["onnxruntime", "onnxruntime-gpu"])
+@pytest.mark.parametrize("ort", ["onnxruntime", "onnxruntime-gpu", "onnxruntime-gpu<1.24"])
 def test_image_requirements_are_the_serve_extra_with_one_onnxruntime(ort):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = _requirements_module().serving_requirements(pyproject, ["serve"], ort)
-    names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in reqs}
-    serve = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in pyproject["project"]["optional-dependencies"]["serve"]}
-    assert names & {"onnxruntime", "onnxruntime-gpu"} == {ort}
+    name = lambda r: re.match(r"[A-Za-z0-9._-]+", r).group(0).lower()  # noqa: E731
+    names = {name(r) for r in reqs}
+    serve = {name(r) for r in pyproject["project"]["optional-dependencies"]["serve"]}
+    assert names & {"onnxruntime", "onnxruntime-gpu"} == {name(ort)}
+    if ort != name(ort):
+        assert ort in reqs  # the version given wins over pyproject's bound
     assert serve - {"onnxruntime"} <= names
     assert "torch" not in names
+
+
+def test_image_requirements_refuse_another_package_as_onnxruntime():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit):
+        _requirements_module().serving_requirements(pyproject, ["serve"], "torch")
