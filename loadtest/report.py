@@ -51,8 +51,8 @@ def summarize(sweeps: Sequence[EncoderSweep], slos_ms: Sequence[float]) -> dict:
     rates = comparison_rates(sweeps, slos[-1])
     per_encoder = {}
     for sw in sweeps:
-        row: dict = {"max_rps": dict(sw.max_rps), "generator_limited": sw.generator_limited,
-                     "monotonic": dict(sw.monotonic)}
+        row: dict = {"max_rps": dict(sw.max_rps), "capped": dict(sw.capped),
+                     "generator_limited": sw.generator_limited, "monotonic": dict(sw.monotonic)}
         for name, rate in rates.items():
             st = _step_at(sw, rate) if rate else None
             row[f"at_{name}"] = None if st is None else {
@@ -92,6 +92,10 @@ def summarize(sweeps: Sequence[EncoderSweep], slos_ms: Sequence[float]) -> dict:
         if sw.generator_limited:
             notes.append(f"{sw.encoder}: the generator could not keep its schedule on some step; "
                          "rates beyond it measure the client, not the server.")
+        for k, capped in sw.capped.items():
+            if capped:
+                notes.append(f"{sw.encoder} sustained p99 <= {k} ms at every rate up to {sw.max_rps[k]:g}/s, the "
+                             "highest it was offered (max rate or time limit): its capacity is at least that.")
         for k, mono in sw.monotonic.items():
             if not mono:
                 notes.append(f"{sw.encoder}: a lower rate failed p99 <= {k} ms below one that passed "
@@ -155,7 +159,8 @@ def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sw in sweeps:
         e = summary["encoders"][sw.encoder]
-        row = [sw.encoder] + [_f(e["max_rps"].get(slo_key(s)), 1) for s in slos]
+        row = [sw.encoder] + [("≥ " if e["capped"].get(slo_key(s)) else "") + _f(e["max_rps"].get(slo_key(s)), 1)
+                              for s in slos]
         for name, rate in rates.items():
             if rate:
                 at = e.get(f"at_{name}")
@@ -164,7 +169,8 @@ def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if summary["ratios"]:
         lines += ["", "## Ratios", "",
-                  "Throughput ratios above 1 and latency ratios below 1 favour the first encoder.", "",
+                  "Throughput ratios above 1 and latency ratios below 1 favour the first encoder "
+                  "(a throughput with ≥ in the summary makes its ratio a lower bound).", "",
                   "| ratio | " + " | ".join(summary["ratios"]) + " |", "|---|" + "---|" * len(summary["ratios"])]
         keys = list(next(iter(summary["ratios"].values())))
         for k in keys:

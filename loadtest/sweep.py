@@ -32,6 +32,9 @@ class EncoderSweep:
     seq: list[int] = field(default_factory=list)  # per step: its position in the whole run
     max_rps: dict[str, float | None] = field(default_factory=dict)  # SLO (str ms) -> highest sustained rate
     monotonic: dict[str, bool] = field(default_factory=dict)
+    # True when nothing above the max sustained rate failed: the capacity is at least that
+    # (the search hit max_rps or ran out of time), not measured.
+    capped: dict[str, bool] = field(default_factory=dict)
     generator_limited: bool = False
 
     def to_dict(self) -> dict:
@@ -39,6 +42,7 @@ class EncoderSweep:
             "encoder": self.encoder,
             "max_rps": self.max_rps,
             "monotonic": self.monotonic,
+            "capped": self.capped,
             "generator_limited": self.generator_limited,
             "steps": [s.to_dict() for s in self.steps],
             "verdicts": self.verdicts,
@@ -112,6 +116,8 @@ def sweep_many(
             res = rs.results_for(i)
             sw.max_rps[slo_key(s)] = max_sustained(res)
             sw.monotonic[slo_key(s)] = is_monotonic(res)
+            best = sw.max_rps[slo_key(s)]
+            sw.capped[slo_key(s)] = best is not None and not any(not ok and r > best for r, ok in res)
     return [sweeps[s.label] for s in specs]
 
 
