@@ -192,6 +192,8 @@ def _start_servers(stack: ExitStack, server_cmd, url: str | None, specs: list[En
             groups.setdefault(tuple(sorted(spec.env.items())), []).append(spec)
     if len(groups) > 1 and not has_port:
         raise ValueError("several server variants need '{port}' in the server command")
+    if url is None and not has_port:
+        raise ValueError("put '{port}' in the server command, or give the URL it will listen on")
     main_url = None
     for n, (env_items, members) in enumerate(groups.items() or [((), [])]):
         if has_port or url is None:
