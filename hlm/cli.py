@@ -114,6 +114,29 @@ def export_student(
     typer.echo(f"exported {spec.name} to {out}")
 
 
+@app.command(
+    "loadtest",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def loadtest_cmd(ctx: typer.Context) -> None:
+    """The load-test harness: run | sweep | compare | promcheck (see `hlm loadtest --help`)."""
+    from loadtest.cli import main
+
+    raise typer.Exit(main(list(ctx.args)) or 0)
+
+
+@app.command("bench-encoders", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_encoders(ctx: typer.Context) -> None:
+    """Encoder-alone latency and throughput, teacher vs student (loadtest/encoder_bench.py)."""
+    import sys
+
+    from loadtest import encoder_bench
+
+    sys.argv = ["hlm bench-encoders", *ctx.args]
+    encoder_bench.main()
+
+
 @app.command("verify")
 def verify_cmd(artifact: Path = typer.Argument(Path("artifacts/demo"))) -> None:
     """Check an artifact folder against its manifest (files, checksums, dimensions)."""
