@@ -345,19 +345,25 @@ async def run_step_async(
     # (~250 us with uvloop here, i.e. ~4000 requests/s on one idle core) is the generator's limit.
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
                                      auto_decompress=False) as session:
-        n_bodies = int(rate * duration_s) + 1 if mode == "open" else 10_000
-        bodies = _make_bodies(queries, spec, k, min(n_bodies, len(queries)), query_offset)
+        n_bodies = min(int(rate * duration_s) + 1 if mode == "open" else 10_000, len(queries))
+        bodies = _make_bodies(queries, spec, k, n_bodies, query_offset)
+        # The warm-up replays other queries than the measured phase, so a server-side cache
+        # (none today) could not flatter the measurement.
+        n_warm = min(int(rate * warmup_s) + 1 if mode == "open" else 10_000, len(queries))
+        warm_bodies = _make_bodies(queries, spec, k, n_warm, query_offset + n_bodies)
         if preflight:
-            await _preflight(session, search_url, bodies[0])
+            await _preflight(session, search_url, warm_bodies[0])
 
         # Warm-up: same load, not recorded; drained before the "before" scrape.
         if warmup_s > 0:
             warm = _Tally(record=False)
             if mode == "open":
-                await _open_loop(session, search_url, bodies, make_schedule(rate, warmup_s, arrivals, seed=seed + 1),
-                                 warm, lag_tolerance_s=lag_tolerance_ms / 1000, drain_timeout_s=timeout_s + 1)
+                await _open_loop(session, search_url, warm_bodies,
+                                 make_schedule(rate, warmup_s, arrivals, seed=seed + 1), warm,
+                                 lag_tolerance_s=lag_tolerance_ms / 1000, drain_timeout_s=timeout_s + 1)
             else:
-                await _closed_loop(session, search_url, bodies, concurrency, warmup_s, MAX_REQUESTS_PER_STEP, warm)
+                await _closed_loop(session, search_url, warm_bodies, concurrency, warmup_s, MAX_REQUESTS_PER_STEP,
+                                   warm)
 
         before = await _scrape(session, metrics_url) if scrape_metrics else None
         t_before = time.monotonic()

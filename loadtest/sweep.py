@@ -86,8 +86,10 @@ def sweep_many(
     deadline = time.monotonic() + max_total_s
     round_no = 0
     seq = 0
+    query_offset = 0
     while time.monotonic() < deadline:
         order = specs if round_no % 2 == 0 else list(reversed(specs))
+        used = 0
         progressed = False
         for spec in order:
             if time.monotonic() >= deadline:
@@ -95,7 +97,11 @@ def sweep_many(
             rate = searches[spec.label].next_rate()
             if rate is None:
                 continue
-            step = run_step(url, spec, rate, duration_s, warmup_s=warmup_s, queries=queries, **step_kwargs)
+            # Each round replays the next slice of the (shuffled) queries; both encoders get the
+            # same slice in a round, so they are compared on the same queries.
+            step = run_step(url, spec, rate, duration_s, warmup_s=warmup_s, queries=queries,
+                            query_offset=query_offset, **step_kwargs)
+            used = max(used, int(rate * (duration_s + warmup_s)) + 2)
             verdicts = {slo_key(s): asdict(judge(step, s)) for s in slos}
             searches[spec.label].record(rate, [verdicts[slo_key(s)]["sustained"] for s in slos])
             sw = sweeps[spec.label]
@@ -110,6 +116,7 @@ def sweep_many(
         if not progressed:
             break
         round_no += 1
+        query_offset += used
     for spec in specs:
         sw, rs = sweeps[spec.label], searches[spec.label]
         for i, s in enumerate(rs.slos_ms):
