@@ -50,6 +50,7 @@ class Batcher:
         max_wait_s: float = 0.0,
         queue_size: int = 256,
         retry_after_s: int = 1,
+        max_queue_wait_s: float = 0.0,
         metrics=None,
     ):
         self.name = name
@@ -58,8 +59,12 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self.retry_after = str(retry_after_s)
+        self.max_queue_wait_s = max_queue_wait_s
         self.metrics = metrics
         self._queue: collections.deque[Job] = collections.deque()
+        self._queued_queries = 0  # sum of the sizes of the queued jobs
+        # Measured seconds per query of recent batches (EWMA); 0 until the first batch.
+        self.cost_per_query = 0.0
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -98,6 +103,10 @@ class Batcher:
             return False
         return True
 
+    def expected_wait_s(self) -> float:
+        """What the work already queued should take, from the measured cost per query."""
+        return self._queued_queries * self.cost_per_query
+
     def _put(self, job: Job, count: bool = True) -> None:
         with self._cond:
             if self._closed or self._thread is None:
@@ -112,7 +121,18 @@ class Batcher:
                     f"The {self.name} encoder's queue is full ({self.queue_size} requests); retry shortly.",
                     code="queue_full", headers={"Retry-After": self.retry_after},
                 )
+            # Time bound: refuse at once rather than queue a request that would wait past
+            # the budget (the queue is never refused when empty, so one request always runs).
+            if self.max_queue_wait_s and self._queue and self.expected_wait_s() > self.max_queue_wait_s:
+                if count and self.metrics is not None:
+                    self._m_full.inc()
+                raise Overloaded(
+                    f"The {self.name} encoder's queue is full (about {self.expected_wait_s() * 1000:.0f} ms of work "
+                    f"queued, more than the {self.max_queue_wait_s * 1000:.0f} ms limit); retry shortly.",
+                    code="queue_full", headers={"Retry-After": self.retry_after},
+                )
             self._queue.append(job)
+            self._queued_queries += job.size
             self._cond.notify()
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -135,6 +155,7 @@ class Batcher:
                 self._cond.wait()
             batch = [self._queue.popleft()]
             size = batch[0].size
+            self._queued_queries -= size
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_batch:
                 if self._queue:
@@ -143,6 +164,7 @@ class Batcher:
                     job = self._queue.popleft()
                     batch.append(job)
                     size += job.size
+                    self._queued_queries -= job.size
                     continue
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or self._closed:
@@ -171,12 +193,17 @@ class Batcher:
                     if job.future is not None:
                         self._m_wait.observe(now - job.enqueued)
                 self._m_batch.observe(sum(job.size for job in live))
+            t0 = time.perf_counter()
             try:
                 results = self.fn(live)
                 error = None
             except BaseException as exc:  # resolve every waiter, never kill the worker
                 log.error("the %s batch of %d jobs failed", self.name, len(live), exc_info=exc)
                 results, error = None, exc
+            queries = sum(job.size for job in live)
+            cost = (time.perf_counter() - t0) / max(1, queries)
+            with self._cond:
+                self.cost_per_query = cost if not self.cost_per_query else 0.8 * self.cost_per_query + 0.2 * cost
             waiting = []
             for i, job in enumerate(live):
                 if job.callback is not None:

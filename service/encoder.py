@@ -81,6 +81,35 @@ class OnnxEncoder:
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         log.info("encoder %s runs on %s", Path(model_path).name, self.provider)
 
+    def vocabulary_mismatch(self) -> str | None:
+        """Why the tokenizer does not fit the model's word embedding, or None if it does.
+
+        A tokenizer swapped for another model's gives token ids the embedding table does
+        not hold (an error) or holds for other words (silently wrong vectors). ONNX Runtime
+        checks Gather indices on the CPU, so two probes bound the table's rows: the
+        tokenizer's largest id must run and the next one must not. Other providers do
+        not check indices; there the probe is skipped (None).
+        """
+        if self.provider != "CPUExecutionProvider":
+            return None
+        size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failing probe is expected; keep ORT's error line out of the log
+
+        def runs(token_id: int) -> bool:
+            ids = np.array([[token_id]], dtype=np.int64)
+            try:
+                self.session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)}, quiet)
+            except Exception:  # noqa: BLE001 - ORT raises its own Fail/InvalidArgument types
+                return False
+            return True
+
+        if not runs(size - 1):
+            return f"its tokenizer has {size} tokens but the model's word embedding has fewer rows"
+        if runs(size):
+            return f"its tokenizer has {size} tokens but the model's word embedding has more rows"
+        return None
+
     def encode(self, texts: Sequence[str]) -> Encoded:
         encodings = self.tokenizer.encode_batch(list(texts))
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -22,11 +23,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from models.manifest import ArtifactError
-from service.api import routes_meta, routes_search
+from service.api import routes_admin, routes_meta, routes_search
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
-from service.runtime import Runtime, load_manifest
+from service.reload import Reloader, set_build_info
+from service.runtime import Runtime, load_manifest, resolve_artifact
 from service.serving import AppState, SearchService
 from service.settings import Settings
 
@@ -49,6 +51,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     metrics = Metrics()
     state = AppState()
     service = SearchService(settings, metrics, state)
+    reloader = Reloader(settings, metrics, state, routes_meta.VERSION)
 
     async def load_in_background(runtime: Runtime) -> None:
         t0 = time.perf_counter()
@@ -70,6 +73,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
             return
         state.phase, state.ready_at = "ready", time.time()
         metrics.ready.set(1)
+        metrics.artifact_loaded.set(time.time())
         log.info("ready: %s student, %s, %d keywords, warm in %.1f s", runtime.precision,
                  ", ".join(f"{n} on {s.encoder.provider}" for n, s in runtime.slots.items()),
                  len(runtime.index), time.perf_counter() - t0)
@@ -78,32 +82,31 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     async def lifespan(app: FastAPI):
         sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         state.phase = "verifying"
+        root = resolve_artifact(settings)
         try:
-            manifest = await asyncio.to_thread(load_manifest, settings)
+            manifest = await asyncio.to_thread(load_manifest, settings, root)
         except ArtifactError as exc:
             state.phase, state.detail = "failed", str(exc)
             state.startup_error = f"Start-up stopped: {exc}"
             raise StartupAborted(str(exc)) from None
-        runtime = Runtime(settings, manifest, metrics)
+        runtime = Runtime(settings, manifest, metrics, root=root)
         state.runtime = runtime
-        enc = manifest["encoders"]
-        metrics.build_info.info({
-            "version": routes_meta.VERSION,
-            "student_model": str(enc["student"].get("model")),
-            "teacher_model": str(enc["teacher"].get("model")),
-            "artifact_sha256": str(manifest.get("artifact_sha256")),
-            "student_precision": runtime.precision,
-        })
+        set_build_info(metrics, runtime, routes_meta.VERSION)
         log.info("artifact %s verified (sha256 %s)", settings.artifact_dir, str(manifest.get("artifact_sha256"))[:12])
         loader = asyncio.create_task(load_in_background(runtime))
+        sighup = _install_sighup(settings, reloader)
         try:
             yield
         finally:
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if state.phase != "failed":
                 state.phase = "draining"
             metrics.ready.set(0)
             await loader  # a load in progress cannot be interrupted; let it end
-            await runtime.close()
+            async with reloader.lock:  # a reload in progress ends (refused: shutting down) first
+                pass
+            await state.runtime.close()
             log.info("shut down: queues drained")
 
     app = FastAPI(
@@ -116,6 +119,8 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     install_handlers(app)
     app.include_router(routes_search.build_router(service))
     app.include_router(routes_meta.build_router(service))
+    if settings.admin_token is not None:  # no token configured: the admin routes do not exist (404)
+        app.include_router(routes_admin.build_router(service, reloader))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization"])
@@ -123,3 +128,23 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     app.add_middleware(EdgeMiddleware, metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes,
                        known_paths=known)
     return app
+
+
+def _install_sighup(settings: Settings, reloader: Reloader) -> bool:
+    """SIGHUP -> reload in the background (main thread, Unix only)."""
+    if not settings.reload_on_sighup or not hasattr(signal, "SIGHUP"):
+        return False
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        log.info("SIGHUP: reloading %s", settings.artifact_dir)
+        task = loop.create_task(reloader.reload_logged("SIGHUP"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        return False
+    return True

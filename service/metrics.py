@@ -57,9 +57,15 @@ class Metrics:
             buckets=OVERLAP_BUCKETS, registry=r,
         )
         self.ready = Gauge("hlm_ready", "1 when the artifact is loaded and warm.", registry=r)
+        self.reloads = Counter("hlm_reloads_total", "Artifact reloads (POST /admin/reload, SIGHUP) by result.",
+                               ["result"], registry=r)
+        self.artifact_loaded = Gauge("hlm_artifact_loaded_timestamp_seconds",
+                                     "When the artifact now served was swapped in (Unix time).", registry=r)
         for name in ENCODERS:  # expose zero series from the start
             self.queries.labels(name)
             self.rejected.labels(name, "queue_full")
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

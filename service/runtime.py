@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +30,28 @@ log = logging.getLogger(__name__)
 WARMUP_TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom", "paint"]
 
 
-def load_manifest(settings: Settings) -> dict[str, Any]:
+def load_manifest(settings: Settings, root: Optional[Path] = None) -> dict[str, Any]:
     """Verify the artifact folder; ArtifactError (one sentence) if it must not be served."""
-    manifest = verify(settings.artifact_dir, checksums=settings.verify_checksums)
+    root = Path(root or settings.artifact_dir)
+    manifest = verify(root, checksums=settings.verify_checksums)
     if manifest.get("servable") is False:
         why = (manifest.get("gate") or {}).get("message")
-        raise ArtifactError(f"The artifact in {settings.artifact_dir} is marked not servable in its manifest"
+        raise ArtifactError(f"The artifact in {root} is marked not servable in its manifest"
                             + (f": {why}." if why else "."))
     student = manifest["encoders"]["student"]
     precision = settings.student_precision or student.get("default_precision") or "fp32"
     if precision == "int8" and not student.get("onnx_int8"):
-        raise ArtifactError(f"Student precision int8 was asked for but the artifact in {settings.artifact_dir} has no int8 student.")
+        raise ArtifactError(f"Student precision int8 was asked for but the artifact in {root} has no int8 student.")
     return manifest
+
+
+def resolve_artifact(settings: Settings) -> Path:
+    """The configured artifact folder with symlinks resolved, read once per load.
+
+    An operator swaps artifacts by re-pointing a symlink (or renaming a folder into
+    place); resolving first means one load reads one folder from start to end.
+    """
+    return Path(os.path.realpath(settings.artifact_dir))
 
 
 def student_precision(settings: Settings, manifest: dict[str, Any]) -> str:
@@ -89,8 +100,9 @@ class EncoderSlot:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, manifest: dict[str, Any], metrics: Metrics):
+    def __init__(self, settings: Settings, manifest: dict[str, Any], metrics: Metrics, root: Optional[Path] = None):
         self.settings = settings
+        self.root = Path(root or settings.artifact_dir)
         self.manifest = manifest
         self.metrics = metrics
         self.precision = student_precision(settings, manifest)
@@ -101,7 +113,7 @@ class Runtime:
     # ---- loading (blocking) ----
 
     def load(self, encoders: Sequence[str] = ("student", "teacher")) -> None:
-        root = Path(self.settings.artifact_dir)
+        root = self.root
         enc = self.manifest["encoders"]
         threads, provider = self.settings.threads, self.settings.provider
         for name in encoders:
@@ -109,11 +121,21 @@ class Runtime:
             precision = self.precision if name == "student" else "fp32"
             model = spec["onnx_int8"] if precision == "int8" else spec["onnx"]
             t0 = time.perf_counter()
-            encoder = OnnxEncoder(root / model, root / spec["tokenizer"], int(spec.get("max_length") or 128),
-                                  threads=threads, provider=provider)
+            try:
+                encoder = OnnxEncoder(root / model, root / spec["tokenizer"], int(spec.get("max_length") or 128),
+                                      threads=threads, provider=provider)
+            except RuntimeError as exc:
+                if "HLM_PROVIDER" in str(exc):
+                    raise
+                raise ArtifactError(f"The {name} model {model} or its tokenizer cannot be loaded "
+                                    f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}).") from None
             if encoder.dim != self.manifest["index"]["dim"]:
                 raise ArtifactError(f"The {name} ONNX model outputs {encoder.dim}-d vectors but the index holds "
                                     f"{self.manifest['index']['dim']}-d vectors.")
+            mismatch = encoder.vocabulary_mismatch()
+            if mismatch:
+                raise ArtifactError(f"The {name} tokenizer {spec['tokenizer']} does not belong to the model {model}: "
+                                    f"{mismatch}.")
             log.info("%s encoder %s (%s) on %s loaded in %.1f s", name, model, precision, encoder.provider,
                      time.perf_counter() - t0)
             row_by_row = precision == "int8" and self.settings.exact_batches
@@ -123,8 +145,19 @@ class Runtime:
             slot.m_queries = self.metrics.queries.labels(name)
             self.slots[name] = slot
         idx = self.manifest["index"]
-        self.index = KeywordIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
-        self.metrics.index_size.set(len(self.index))
+        try:
+            self.index = KeywordIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ArtifactError(f"The index {idx['path']} cannot be loaded ({str(exc).rstrip('.')}).") from None
+        if idx.get("count") is not None and int(idx["count"]) != len(self.index):
+            raise ArtifactError(f"The index holds {len(self.index)} keywords but the manifest says {idx['count']}.")
+        # Stored vectors are L2-normalised: norms away from 1 mean the graph was read with
+        # the wrong dimension (hnswlib does not check it) and would answer nonsense.
+        n = len(self.index)
+        norms = np.linalg.norm(self.index.graph.get_items(sorted({0, n // 2, n - 1})), axis=1) if n else np.ones(1)
+        if not np.allclose(norms, 1.0, atol=1e-2):
+            raise ArtifactError(f"The index {idx['path']} does not hold {idx['dim']}-d unit vectors "
+                                f"(norms {', '.join(f'{n:.3f}' for n in norms)}): its dimension does not match the manifest.")
         log.info("index: %d keywords, dim %d, ef %d", len(self.index), self.index.dim, self.default_ef)
 
     def warm_up(self) -> None:
@@ -141,6 +174,7 @@ class Runtime:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
+        self.metrics.index_size.set(len(self.index))
         for name, slot in self.slots.items():
             slot.batcher = Batcher(
                 name,
@@ -149,6 +183,7 @@ class Runtime:
                 max_wait_s=s.max_wait_ms / 1000.0,
                 queue_size=s.queue_size,
                 retry_after_s=s.retry_after_s,
+                max_queue_wait_s=s.max_queue_wait_ms / 1000.0,
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
@@ -223,7 +258,7 @@ class Runtime:
         enc = m["encoders"]
         idx = m["index"]
         return {
-            "artifact": {"path": str(self.settings.artifact_dir), "sha256": m.get("artifact_sha256"),
+            "artifact": {"path": str(self.settings.artifact_dir), "resolved": str(self.root), "sha256": m.get("artifact_sha256"),
                          "name": m.get("name"), "created_utc": m.get("created_utc")},
             "encoders": {
                 name: {

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "query alone). False: one ONNX call per batch, more throughput at saturation, answers depend on the batch.",
     )
     queue_size: int = Field(256, ge=1, description="Bound of each encoder's queue, in requests; past it requests get 429.")
+    max_queue_wait_ms: float = Field(
+        250.0, ge=0.0,
+        description="Admission bound in time: a request is refused at once (429) when the work already queued on its "
+        "encoder would take longer than this (queued queries x the measured cost per query), so accepted requests keep "
+        "their latency under overload. 0 = only the queue_size bound.",
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
 
     # ONNX Runtime.
@@ -62,15 +68,24 @@ class Settings(BaseSettings):
 
     # Request limits.
     max_queries: int = Field(64, ge=1, description="Most queries in one request.")
-    max_query_chars: int = Field(2000, ge=1, description="Longest query in characters (longer: 422).")
+    max_query_chars: int = Field(
+        20000, ge=1,
+        description="Longest query in characters (longer: 422). Queries past the model's token limit are still "
+        "answered, truncated, with `truncated: true`.",
+    )
     max_body_bytes: int = Field(256 * 1024, ge=64, description="Largest request body (larger: 413).")
 
     # Access control.
-    admin_token: Optional[SecretStr] = Field(None, description="When set, /metrics and /v1/info need 'Authorization: Bearer <token>'.")
+    admin_token: Optional[SecretStr] = Field(
+        None,
+        description="When set, /metrics and /v1/info need 'Authorization: Bearer <token>', and the admin routes "
+        "(POST /admin/reload) exist; unset, the admin routes answer 404.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
 
     # Start-up.
-    verify_checksums: bool = Field(True, description="Check every artifact file's sha256 at start-up.")
+    verify_checksums: bool = Field(True, description="Check every artifact file's sha256 at start-up and on reload.")
+    reload_on_sighup: bool = Field(True, description="SIGHUP reloads HLM_ARTIFACT_DIR in the background (as POST /admin/reload).")
     warmup_rounds: int = Field(3, ge=0, le=100, description="Warm-up calls per encoder before /readyz turns green.")
     warmup_delay_s: float = Field(0.0, ge=0.0, description="Test hook: sleep this long before warm-up.")
     log_level: str = "info"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from service.protocol import ErrorResponse
 from service.serving import SearchService, dumps
 
 VERSION = "0.1.0"
@@ -18,6 +19,7 @@ except Exception:  # not installed as a package: keep the default
 
 def build_router(service: SearchService) -> APIRouter:
     router = APIRouter(tags=["operations"])
+    guarded = {401: {"model": ErrorResponse, "description": "HLM_ADMIN_TOKEN is set and the request did not carry it."}}
 
     @router.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
@@ -29,7 +31,8 @@ def build_router(service: SearchService) -> APIRouter:
         status, body = service.readiness()
         return JSONResponse(body, status_code=status)
 
-    @router.get("/v1/info", summary="Manifest summary: models, dims, index parameters, eval, artifact sha")
+    @router.get("/v1/info", summary="Manifest summary: models, dims, index parameters, eval, artifact sha",
+                responses=guarded | {503: {"description": "No artifact loaded (start-up refused)."}})
     async def info(request: Request) -> Response:
         service.check_admin(request)
         runtime = service.state.runtime
@@ -38,7 +41,9 @@ def build_router(service: SearchService) -> APIRouter:
         return Response(dumps({"version": VERSION, "status": service.state.phase} | runtime.info()),
                         media_type="application/json")
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True,
+                responses=guarded | {200: {"description": "Prometheus text exposition.",
+                                           "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics(request: Request) -> Response:
         service.check_admin(request)
         body, content_type = service.metrics.exposition()

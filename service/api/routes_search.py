@@ -9,10 +9,26 @@ from service.protocol import ERROR_RESPONSES, EmbedRequest, EmbedResponse, Searc
 from service.serving import SearchService
 
 
-def _body(model) -> dict:
+def _body(model, settings) -> dict:
     # The body is parsed by pydantic straight from the bytes (one pass, strict types);
-    # this only documents it.
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    # this only documents it, with this server's configured bounds filled in.
+    schema = model.model_json_schema()
+    props = schema["properties"]
+    bounds = {
+        "query": {"maxLength": settings.max_query_chars},
+        "queries": {"maxItems": settings.max_queries},
+        "k": {"minimum": 1, "maximum": settings.max_k},
+        "ef": {"minimum": 1, "maximum": settings.max_ef},
+    }
+    for name, extra in bounds.items():
+        if name not in props:
+            continue
+        for option in props[name].get("anyOf", [props[name]]):
+            if option.get("type") in ("string", "integer", "array"):
+                option.update(extra)
+                if option["type"] == "array":
+                    option["items"]["maxLength"] = settings.max_query_chars
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def build_router(service: SearchService) -> APIRouter:
@@ -22,7 +38,7 @@ def build_router(service: SearchService) -> APIRouter:
         "/search",
         response_model=SearchResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=_body(SearchRequest),
+        openapi_extra=_body(SearchRequest, service.settings),
         summary="Keywords for one query or a batch of queries",
     )
     async def search(request: Request) -> Response:
@@ -34,7 +50,7 @@ def build_router(service: SearchService) -> APIRouter:
         "/embed",
         response_model=EmbedResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=_body(EmbedRequest),
+        openapi_extra=_body(EmbedRequest, service.settings),
         summary="Query vectors in the teacher's space",
     )
     async def embed(request: Request) -> Response:

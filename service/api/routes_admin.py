@@ -1,0 +1,47 @@
+"""Admin routes: exist only when HLM_ADMIN_TOKEN is set, and then need it.
+
+``POST /admin/reload`` takes no body and no parameters: it reloads the configured
+HLM_ARTIFACT_DIR (the API never reads a path from a request).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.errors import InvalidRequest
+from service.protocol import ErrorResponse
+from service.reload import Reloader
+from service.serving import SearchService, dumps
+
+
+def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"])
+
+    @router.post(
+        "/reload",
+        summary="Load, verify and warm HLM_ARTIFACT_DIR again, then swap it in (no downtime)",
+        responses={
+            200: {"description": "The new artifact is served.", "content": {"application/json": {"schema": {"type": "object"}}}},
+            401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."},
+            409: {"model": ErrorResponse, "description": "Refused (bad artifact: the old one keeps serving), "
+                                                         "already reloading, or not serving."},
+            422: {"model": ErrorResponse, "description": "A body was sent; this route takes none."},
+        },
+    )
+    async def reload(request: Request) -> Response:
+        """Re-read the configured artifact folder (replace the folder or re-point its symlink
+        first). Answers when the swap is done or refused; requests keep being served from
+        the old artifact meanwhile."""
+        service.check_admin(request)
+        if await request.body():
+            raise InvalidRequest("POST /admin/reload takes no body: it reloads the configured HLM_ARTIFACT_DIR.")
+        return Response(dumps(await reloader.reload("POST /admin/reload")), media_type="application/json")
+
+    @router.get("/reload", summary="Outcome of the last reload", responses={
+        401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."}})
+    async def last_reload(request: Request) -> Response:
+        service.check_admin(request)
+        return Response(dumps({"running": reloader.lock.locked(), "last": reloader.last}), media_type="application/json")
+
+    return router
