@@ -55,7 +55,7 @@ def select_inputs(profile: Profile, directory: Path | None = None) -> Inputs:
     Fit queries come from the train split only, held-out queries from the dev split only.
     """
     directory = directory or data_mod.data_dir()
-    products = data_mod.load_sample("products", profile.products, directory)
+    products = _select_products(profile, directory)
     topics = data_mod.load_sample("topics", profile.topics, directory)
     msmarco = data_mod.load_sample("msmarco", None, directory)
     judged = data_mod.load_sample_judgments(directory)
@@ -82,6 +82,26 @@ def select_inputs(profile: Profile, directory: Path | None = None) -> Inputs:
     ]
     reports = [t.report.summary() for t in (products, topics, msmarco)] + [judged.report.summary()]
     return Inputs(ids, texts, fit, heldout, sources, reports)
+
+
+def _select_products(profile: Profile, directory: Path) -> data_mod.TextTable:
+    if profile.product_selection == "file":
+        return data_mod.load_sample("products", profile.products, directory)
+    table = data_mod.load_sample("products", None, directory)
+    judged = data_mod.load_sample_judgments(directory)
+    train = [q for q in judged.queries if split_of(q) == "train"][: profile.judged_train_queries]
+    dev = [q for q in judged.queries if split_of(q) == "dev"][: profile.gate_queries]
+    wanted = list(dict.fromkeys(d for q in train + dev for d in judged.by_query[q]))
+    row_of = {pid: i for i, pid in enumerate(table.ids)}
+    rows = [row_of[d] for d in wanted if d in row_of]
+    chosen = set(rows)
+    rows += [i for i in range(len(table.ids)) if i not in chosen][: max(0, (profile.products or 0) - len(rows))]
+    if profile.products is not None:
+        rows = rows[: max(profile.products, 0)]
+    table.ids = [table.ids[i] for i in rows]
+    table.texts = [table.texts[i] for i in rows]
+    table.report.notes.append(f"{len(rows)} titles chosen: judged products of {len(train)} train and {len(dev)} dev queries first")
+    return table
 
 
 def _interleave(a: list[str], b: list[str], limit: int | None) -> list[str]:
@@ -187,6 +207,8 @@ def build(
             write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
 
         with timer.step("student"):
+            if student_checkpoint is None and profile.distill_phases:
+                student_checkpoint = _distill_in_build(profile, inputs, keyword_vectors, teacher, threads)
             student_torch, student_note, student_tok = _make_student(
                 profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads
             )
@@ -246,6 +268,37 @@ def build(
     timings_path = out_dir.parent / f"{out_dir.name}.build-timings.json"
     timings_path.write_text(json.dumps({"steps_s": timer.steps, "total_s": total, "machine": platform.node()}, indent=2))
     return manifest
+
+
+def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads) -> Path:
+    """Run the profile's training phases on its own data; returns the final checkpoint.
+
+    The checkpoints live in the cache, keyed by profile and keyword set, so a killed
+    build resumes its training where it stopped.
+    """
+    import hashlib
+
+    from models.distill.pipeline import run_phases
+    from models.distill.prepare import build_training_data
+    from models.distill.teacher_vectors import TeacherVectors
+    from models.model_files import CACHE_DIR
+
+    rows = [i for i, k in enumerate(inputs.keyword_ids) if k.startswith("hd:")]
+    products = ([inputs.keyword_ids[i][3:] for i in rows], [inputs.keyword_texts[i] for i in rows], keyword_vectors[rows])
+    others = [t for k, t in zip(inputs.keyword_ids, inputs.keyword_texts) if not k.startswith("hd:")]
+    data = build_training_data(
+        TeacherVectors(threads, encoder=teacher), products=products, web_queries=0, topics_limit=0,
+        kl_candidates=0, extra_texts=inputs.fit_queries + others,
+    )
+    print(f"  training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} judged train pairs")
+    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids)]).encode()).hexdigest()[:12]
+    out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
+    (m2, m3), (s2, s3) = profile.distill_minutes, profile.distill_steps
+    done = run_phases(
+        profile.student, data, out_root, profile.distill_phases,
+        phase2={"minutes": m2, "max_steps": s2}, phase3={"minutes": m3, "max_steps": s3}, threads=threads,
+    )
+    return done.get("phase3") or done["phase2"]
 
 
 def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, threads):

@@ -26,6 +26,17 @@ class Profile:
     hnsw_ef: int = 64
     max_length: int = 128  # token limit of both encoders
     ridge: float = 1e-2  # regularisation of the closed-form projection fit
+    # Which product titles: "file" (the first N in file order) or "judged" (the products
+    # judged for the first ``judged_train_queries`` train queries and the gate's dev
+    # queries first, so the in-build training and the gate find their products indexed).
+    product_selection: str = "file"
+    judged_train_queries: int = 0
+    # In-build distillation (models/distill): phases and wall-clock budgets in minutes;
+    # no phases = the closed-form linear student.
+    student: str = "minilm-l6"
+    distill_phases: tuple[str, ...] = ()
+    distill_minutes: tuple[float, float] = (0.0, 0.0)  # (phase 2, phase 3)
+    distill_steps: tuple[int, int] = (0, 0)
 
 
 PROFILES = {

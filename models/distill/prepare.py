@@ -42,6 +42,8 @@ def build_training_data(
     hard_negatives: int = 8,
     seed: int = 0,
     queries_limit: int | None = None,
+    products: tuple[list[str], list[str], np.ndarray] | None = None,
+    extra_texts: list[str] | None = None,
 ) -> TrainingData:
     """Phase-2 texts (train queries + keyword texts) and phase-3 judged pairs.
 
@@ -50,11 +52,19 @@ def build_training_data(
     """
     rng = random.Random(seed)
     judged_train, web_train = train_queries()
+    if products is None:
+        table, doc_vectors = products_with_vectors(teacher, products_limit)
+        product_ids, product_texts = table.ids, table.texts
+    else:  # the build passes its own keyword products and their teacher vectors
+        product_ids, product_texts, doc_vectors = products
+    index_of = {pid: i for i, pid in enumerate(product_ids)}
+    judged = data_mod.load_sample_judgments()
+    if products is not None:  # only queries with a positive among these products
+        judged_train = [q for q in judged_train
+                        if any(r >= RELEVANT and d in index_of for d, r in judged.by_query[q].items())]
     judged_train = judged_train[:queries_limit]
-    products, doc_vectors = products_with_vectors(teacher, products_limit)
-    index_of = {pid: i for i, pid in enumerate(products.ids)}
 
-    texts = judged_train + web_train[:web_queries] + products.texts
+    texts = judged_train + web_train[:web_queries] + product_texts + (extra_texts or [])
     if topics_limit != 0:
         texts += data_mod.load_sample("topics", topics_limit).texts
     texts = list(dict.fromkeys(texts))
@@ -65,7 +75,6 @@ def build_training_data(
     if kl_candidates:
         text_candidates = exact_top_k(doc_vectors, text_targets, kl_candidates).astype(np.int64)
 
-    judged = data_mod.load_sample_judgments()
     pair_queries, pair_positive, pair_negatives = [], [], []
     query_targets = dict(zip(judged_train, teacher(judged_train, "judged train queries (teacher)")))
     train_top = exact_top_k(doc_vectors, np.stack([query_targets[q] for q in judged_train]), 50)

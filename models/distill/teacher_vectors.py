@@ -41,10 +41,11 @@ def teacher_onnx_path() -> Path:
 
 
 class TeacherVectors:
-    def __init__(self, threads: int = 2):
+    def __init__(self, threads: int = 2, encoder=None):
+        """``encoder``: an already open teacher OnnxEncoder to reuse (the build has one)."""
         self.threads = threads
         self.cache = EmbeddingCache(teacher_key(), 768)
-        self._encoder = None
+        self._encoder = encoder
 
     def encoder(self):
         if self._encoder is None:
