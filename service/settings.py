@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(256, ge=1, description="Bound of each encoder's queue, in requests; past it requests get 429.")
     max_queue_wait_ms: float = Field(
-        250.0, ge=0.0,
+        50.0, ge=0.0,
         description="Admission bound in time: a request is refused at once (429) when the work already queued on its "
         "encoder would take longer than this (queued queries x the measured cost per query), so accepted requests keep "
         "their latency under overload. 0 = only the queue_size bound.",
