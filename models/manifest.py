@@ -140,6 +140,24 @@ def _check_references(root: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def _remove_abandoned(final: Path) -> None:
+    """Delete partial folders left by killed builds of ``final`` (their process is gone)."""
+    for partial in final.parent.glob(f".{final.name}.partial-*"):
+        pid = partial.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def staged_folder(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; rename it into place on success.
@@ -150,7 +168,8 @@ def staged_folder(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    _remove_abandoned(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     # mkdtemp makes the folder 0700; an artifact is read by other users (the container's
     # non-root service user mounts it), so open it up like any folder made by mkdir.
     os.chmod(tmp, 0o755)

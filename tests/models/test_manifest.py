@@ -71,3 +71,14 @@ def test_staged_folder_replaces_on_success(tmp_path):
         (stage / "extra.txt").write_text("new")
     assert (final / "extra.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_partial_folders_of_dead_builds_are_cleaned(tmp_path):
+    final = tmp_path / "art"
+    dead = tmp_path / ".art.partial-999999999-abc"  # no such process
+    dead.mkdir()
+    alive = tmp_path / f".art.partial-{__import__('os').getpid()}-def"
+    alive.mkdir()
+    with staged_folder(final) as stage:
+        (stage / "x").write_text("1")
+    assert not dead.exists() and alive.exists() and (final / "x").exists()
