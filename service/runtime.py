@@ -38,6 +38,9 @@ def load_manifest(settings: Settings, root: Optional[Path] = None) -> dict[str, 
         why = (manifest.get("gate") or {}).get("message")
         raise ArtifactError(f"The artifact in {root} is marked not servable in its manifest"
                             + (f": {why}." if why else "."))
+    gate = manifest.get("gate") or {}
+    if gate.get("overridden"):
+        log.warning("serving below the quality gate (the builder overrode it): %s", gate.get("message"))
     student = manifest["encoders"]["student"]
     precision = settings.student_precision or student.get("default_precision") or "fp32"
     if precision == "int8" and not student.get("onnx_int8"):

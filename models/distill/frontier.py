@@ -1,0 +1,86 @@
+"""The student design study's frontier: quality ratio against speed ratio, as a table and a plot.
+
+Inputs are files other commands already write: ``hlm eval`` (eval.json: dev nDCG@10 and
+ratios per model) and ``hlm bench-encoders --out`` (latency per encoder, same run).
+``--pair eval_row=bench_row`` ties a model's quality row to its latency row.
+
+    python -m models.distill.frontier --eval runs/eval/x/eval.json --bench runs/bench/enc.json \\
+        --pair "minilm-l6/phase3=l6_int8" --out docs/frontier.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def frontier_rows(evaluation: dict, bench: dict, pairs: dict[str, str]) -> list[dict]:
+    rows = []
+    teacher_ms = bench["rows"]["teacher_fp32"]["batch1_median_ms"]
+    for eval_name, bench_name in pairs.items():
+        quality = evaluation["rows"][eval_name]
+        speed = bench["rows"][bench_name]
+        rows.append({
+            "model": eval_name,
+            "encoder": bench_name,
+            "ndcg_at_10": quality["ndcg_at_10"],
+            "ndcg_ratio": quality.get("ndcg_at_10_ratio"),
+            "recall_at_100_ratio": quality.get("recall_at_100_ratio"),
+            "overlap_at_10": quality.get("overlap_at_10"),
+            "batch1_ms": speed["batch1_median_ms"],
+            "speedup": teacher_ms / speed["batch1_median_ms"],
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| student | encoder | dev nDCG@10 | × teacher | R@100 × teacher | overlap@10 | batch-1 ms | × faster |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def fmt(v, spec):
+            return format(v, spec) if isinstance(v, (int, float)) else "–"
+        lines.append(f"| {r['model']} | {r['encoder']} | {fmt(r['ndcg_at_10'], '.4f')} | {fmt(r['ndcg_ratio'], '.3f')} "
+                     f"| {fmt(r['recall_at_100_ratio'], '.3f')} | {fmt(r['overlap_at_10'], '.3f')} "
+                     f"| {fmt(r['batch1_ms'], '.2f')} | {fmt(r['speedup'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, gate: float = 0.98) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["speedup"], r["ndcg_ratio"], s=40)
+        ax.annotate(f"{r['model']} ({r['encoder']})", (r["speedup"], r["ndcg_ratio"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.axhline(gate, color="grey", linestyle="--", linewidth=1)
+    ax.text(ax.get_xlim()[0], gate, f" gate {gate:.2f}", va="bottom", fontsize=8, color="grey")
+    ax.axhline(1.0, color="black", linewidth=0.5)
+    ax.set_xlabel("batch-1 encoder speed-up over the teacher (×)")
+    ax.set_ylabel("dev nDCG@10 / teacher's")
+    ax.set_title("Student frontier: quality kept against speed gained")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval", type=Path, required=True)
+    parser.add_argument("--bench", type=Path, required=True)
+    parser.add_argument("--pair", action="append", required=True, help="eval_row=bench_row")
+    parser.add_argument("--out", type=Path, required=True, help="PNG path")
+    args = parser.parse_args()
+    pairs = dict(p.split("=", 1) for p in args.pair)
+    rows = frontier_rows(json.loads(args.eval.read_text()), json.loads(args.bench.read_text()), pairs)
+    plot(rows, args.out)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
