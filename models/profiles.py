@@ -41,8 +41,19 @@ class Profile:
 
 PROFILES = {
     "small": Profile("small", products=300, topics=200, fit_queries=300, heldout_queries=100, gate_queries=40),
-    "demo": Profile("demo", products=6000, topics=4000, fit_queries=4000, heldout_queries=600),
-    "full": Profile("full", products=None, topics=None, fit_queries=None, heldout_queries=2000, gate_queries=None),
+    # demo: the judged products of 1,200 train and 400 dev queries (so the in-build
+    # training and the gate find their products indexed) + 3,000 web-query keywords;
+    # the student (the teacher's first 2 layers) gets 6 minutes of phase 3.
+    "demo": Profile(
+        "demo", products=9000, topics=3000, fit_queries=3000, heldout_queries=600, gate_queries=400,
+        product_selection="judged", judged_train_queries=1200,
+        student="mpnet-l2", distill_phases=("3",), distill_minutes=(0.0, 6.0), distill_steps=(0, 500),
+    ),
+    # full: every keyword and query; phase 2 then phase 3, half an hour each.
+    "full": Profile(
+        "full", products=None, topics=None, fit_queries=None, heldout_queries=2000, gate_queries=None,
+        student="mpnet-l2", distill_phases=("2", "3"), distill_minutes=(30.0, 30.0), distill_steps=(2500, 2500),
+    ),
 }
 
 

@@ -70,3 +70,23 @@ def test_corrupted_copy_is_refused(small_artifact, tmp_path):
         handle.write(b"#")
     with pytest.raises(ArtifactError, match="index/keywords.tsv does not match its sha256"):
         verify(copy)
+
+
+def test_build_with_in_build_distillation(data_dir, tmp_path):
+    """The demo/full path: the student is trained inside the build (a few steps here)."""
+    from models.build import build
+    from models.profiles import get_profile
+
+    profile = get_profile(
+        "small", student="mpnet-l2", distill_phases=("3",), distill_minutes=(0.0, 2.0), distill_steps=(0, 3),
+        product_selection="judged", judged_train_queries=40, gate_queries=20,
+    )
+    out = tmp_path / "distilled"
+    manifest = build(profile, out, data_dir, threads=2, allow_below_gate=True)
+    student = manifest["encoders"]["student"]
+    assert student["model"].startswith("mpnet-l2 trained by hlm distill")
+    assert student["base_model"] == "sentence-transformers/all-mpnet-base-v2"
+    # MPNet's tokenizer (RoBERTa-style <s> … </s>), not MiniLM's
+    assert json.loads((out / "student/tokenizer.json").read_text())["post_processor"]["type"] == "RobertaProcessing"
+    assert manifest["eval"]["parity"]["student_onnx_vs_torch"]["min_cosine"] > 0.9999
+    assert "gate" in manifest and manifest["gate"]["ratio"] is not None
