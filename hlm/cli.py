@@ -86,12 +86,13 @@ def eval_cmd(
     artifact: Optional[Path] = typer.Option(None, help="Also score this artifact's ONNX student (fp32 and int8)."),
     out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json and eval.md."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N dev queries."),
+    onnx_dir: list[Path] = typer.Option([], help="Also score an `hlm export-student` folder (fp32 and int8)."),
     threads: int = typer.Option(2),
 ) -> None:
     """Score teacher, raw MiniLM and students on the judged dev split (and web agreement)."""
     from models.distill.report import evaluate_all
 
-    evaluate_all(checkpoints or [], artifact, out, limit, threads)
+    evaluate_all(checkpoints or [], artifact, out, limit, threads, onnx_dirs=onnx_dir)
 
 
 @app.command("export-student")

@@ -51,6 +51,7 @@ def evaluate_all(
     limit: int | None = None,
     threads: int = 2,
     web_queries: int = 1000,
+    onnx_dirs: Sequence[Path] = (),
 ) -> dict:
     from models.distill.pipeline import torch_encoder
 
@@ -78,6 +79,14 @@ def evaluate_all(
         name = f"{spec.name}/{Path(folder).name}"
         rows[name] = judged.score(encode)
         rows[name].update(agreement(encode(web), web_teacher, keywords))
+    for folder in onnx_dirs:  # `hlm export-student` output: the precisions as served
+        from service.encoder import OnnxEncoder
+
+        for precision, model in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+            encoder = OnnxEncoder(Path(folder) / model, Path(folder) / "tokenizer.json", 128, threads)
+            name = f"{Path(folder).name}_onnx_{precision}"
+            rows[name] = judged.score(lambda texts, e=encoder: e.encode_many(list(texts)))
+            rows[name].update(agreement(encoder.encode_many(web), web_teacher, keywords))
     if artifact is not None:
         for precision in ("fp32", "int8"):
             encode = onnx_encoder(Path(artifact), precision, threads)
