@@ -165,6 +165,14 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             losses["nce"] = info_nce(vectors, positives, negatives, config.temperature,
                                      positive_ids=[data.pair_positive[i] for i in rows])
             loss = loss + config.contrastive_weight * losses["nce"]
+            if config.kl_weight:
+                # Ranking distillation on the same candidates: the batch's positives plus
+                # each query's hard negatives, scored by the teacher's query vectors.
+                candidates = positives.unsqueeze(0).expand(len(rows), -1, -1)
+                if negatives is not None:
+                    candidates = torch.cat([candidates, negatives], dim=1)
+                losses["kl"] = ranking_kl(vectors, targets, candidates, config.kl_temperature)
+                loss = loss + config.kl_weight * losses["kl"]
         if config.kl_weight and data.text_candidates is not None and not contrastive:
             candidates = doc_vectors[torch.from_numpy(data.text_candidates[rows, : config.kl_candidates])]
             losses["kl"] = ranking_kl(vectors, targets, candidates, config.kl_temperature)
