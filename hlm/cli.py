@@ -57,8 +57,10 @@ def distill(
     steps2: int = typer.Option(1500, help="Step budget (sets the learning-rate schedule) of phase 2."),
     steps3: int = typer.Option(600, help="Step budget of phase 3."),
     kl_weight: float = typer.Option(0.0, help="Phase 2: weight of the ranking-KL term."),
-    l2_share: float = typer.Option(0.5, help="Phase 3: weight of the L2 term kept beside InfoNCE."),
-    lr2: float = typer.Option(1e-4), lr3: float = typer.Option(5e-5),
+    l2_share: float = typer.Option(1.0, help="Phase 3: weight of the L2 term kept beside InfoNCE."),
+    kl3: float = typer.Option(1.0, help="Phase 3: weight of ranking KL to the teacher's scores over the batch's candidates."),
+    init: Optional[Path] = typer.Option(None, help="Start phase 3 from this checkpoint instead of phase 2's."),
+    lr2: float = typer.Option(1e-4), lr3: float = typer.Option(1e-4),
     products: Optional[int] = typer.Option(None, help="Use only the first N product titles (default all)."),
     threads: int = typer.Option(2),
 ) -> None:
@@ -73,7 +75,8 @@ def distill(
     done = run_phases(
         student, data, out, phases.split(","),
         phase2={"minutes": minutes2, "max_steps": steps2, "kl_weight": kl_weight, "lr": lr2},
-        phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "lr": lr3},
+        phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "lr": lr3, "kl_weight": kl3,
+                **({"init": str(init)} if init else {})},
         threads=threads,
     )
     for phase, path in done.items():

@@ -77,8 +77,10 @@ def run_phases(
         done["phase2"] = train(config, data, projection)
     if "3" in phases:
         init = done.get("phase2") or (out_root / "phase2" if (out_root / "phase2" / "model.pt").exists() else None)
-        config = TrainConfig(student=student, out=str(out_root / "phase3"), init=str(init) if init else None,
-                             threads=threads, **{"l2_weight": 0.5, "contrastive_weight": 1.0, "lr": 5e-5, **(phase3 or {})})
+        settings = {"l2_weight": 1.0, "contrastive_weight": 1.0, "kl_weight": 1.0, "lr": 1e-4,
+                    "init": str(init) if init else None, **(phase3 or {})}
+        init = settings["init"]
+        config = TrainConfig(student=student, out=str(out_root / "phase3"), threads=threads, **settings)
         projection = None if init else initial_projection(student, data)
         done["phase3"] = train(config, data, projection)
     return done
