@@ -71,13 +71,17 @@ def plot(rows: list[dict], path: Path, gate: float = 0.98) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval", type=Path, required=True)
+    parser.add_argument("--eval", type=Path, action="append", required=True,
+                        help="eval.json from `hlm eval` (repeatable; rows are merged, same teacher)")
     parser.add_argument("--bench", type=Path, required=True)
     parser.add_argument("--pair", action="append", required=True, help="eval_row=bench_row")
     parser.add_argument("--out", type=Path, required=True, help="PNG path")
     args = parser.parse_args()
     pairs = dict(p.split("=", 1) for p in args.pair)
-    rows = frontier_rows(json.loads(args.eval.read_text()), json.loads(args.bench.read_text()), pairs)
+    merged = {"rows": {}}
+    for path in args.eval:
+        merged["rows"].update(json.loads(path.read_text())["rows"])
+    rows = frontier_rows(merged, json.loads(args.bench.read_text()), pairs)
     plot(rows, args.out)
     print(markdown(rows))
 
