@@ -1,43 +1,27 @@
 """Save and load trained students: a folder with spec.json, model.pt and training state.
 
 Saved through a temp folder and renamed, so a checkpoint on disk is always whole; the
-trainer resumes from ``state.pt`` (optimizer, scheduler, step, data order position).
+trainer resumes from ``state.pt`` (optimizer, scheduler, step, loss history, time used).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from models.distill.students import StudentSpec, make_student
 from models.encoders import SentenceEncoder
+from models.manifest import staged_folder
 
 
 def save_checkpoint(folder: Path, model: SentenceEncoder, spec: StudentSpec, info: dict, state: dict | None = None) -> None:
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with staged_folder(Path(folder)) as tmp:
         (tmp / "spec.json").write_text(json.dumps({"spec": spec.to_dict(), "info": info}, indent=2))
         torch.save(model.state_dict(), tmp / "model.pt")
         if state is not None:
             torch.save(state, tmp / "state.pt")
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_spec(folder: Path) -> tuple[StudentSpec, dict]:
