@@ -153,7 +153,12 @@ def serve(artifact: Path | str, port: int, host: str = "127.0.0.1", model_dir: P
 
     set_offline_env()
     artifact = Path(artifact)
-    model_dir = Path(model_dir) if model_dir else REPO / "runs" / "bench" / "peers" / f"student-st-{artifact.name}"
+    if not model_dir:  # one folder per artifact content: a rebuilt artifact gets a fresh export
+        from models.manifest import verify
+
+        digest = verify(artifact, checksums=False)["artifact_sha256"][:12]
+        model_dir = REPO / "runs" / "bench" / "peers" / f"student-st-{artifact.name}-{digest}"
+    model_dir = Path(model_dir)
     if not (model_dir / "modules.json").is_file():
         tmp = model_dir.with_name(model_dir.name + f".tmp-{os.getpid()}")
         save_st_student(artifact, tmp)

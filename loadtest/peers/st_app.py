@@ -57,7 +57,7 @@ def st_encoder(artifact: Path | str) -> Encode:
     model = build_st_student(artifact)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=False)
+        return model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False)
 
     encode(["warm up"])
     return encode
