@@ -57,6 +57,39 @@ STUDENT = Arch("student MiniLM-L6 + 384->768", layers=6, hidden=384, ffn=1536, h
 ARCHS = {"teacher": TEACHER, "student": STUDENT}
 
 
+def arch_of_onnx(onnx_path: Path | str, name: str, heads: int) -> Arch:
+    """The architecture of an exported encoder, read from its ONNX initializers (layers from
+    the ``encoder.layer.N`` names, hidden and FFN widths from the bias sizes, the
+    projection from ``projection.weight``). ``heads`` comes from the model's config."""
+    import re
+
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    layers = {int(m.group(1)) for k in dims if (m := re.search(r"encoder\.layer\.(\d+)\.", k))}
+    hidden = next(v[0] for k, v in dims.items() if k.endswith("encoder.layer.0.output.dense.bias"))
+    ffn = next(v[0] for k, v in dims.items() if k.endswith("encoder.layer.0.intermediate.dense.bias"))
+    projection = dims.get("projection.weight")
+    return Arch(name, layers=max(layers) + 1, hidden=hidden, ffn=ffn, heads=heads,
+                projection_out=projection[0] if projection else None)
+
+
+def artifact_archs(artifact: Path) -> dict[str, Arch]:
+    """teacher and the artifact's own student (whatever it is now), plus the MiniLM-L6 reference."""
+    from loadtest.peers.st_student import base_dir_for
+    from models.manifest import verify
+
+    manifest = verify(artifact, checksums=False)
+    enc = manifest["encoders"]["student"]
+    heads = int(json.loads((base_dir_for(manifest) / "config.json").read_text())["num_attention_heads"])
+    student = arch_of_onnx(artifact / enc["onnx"], f"student: {enc.get('model', 'artifact student')}", heads)
+    out = {"teacher": TEACHER, "student": student}
+    if student != STUDENT:
+        out["minilm_l6"] = STUDENT
+    return out
+
+
 @dataclass(frozen=True)
 class MatMul:
     """``count`` x ([m x k] x [k x n]); ``batch`` > 1 means one batched call of that many (attention heads)."""
@@ -304,12 +337,19 @@ def machine() -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def run(token_counts: list[int], *, onnx: bool = True, peak_size: int = 2048, min_time_s: float = 0.3,
-        bench: dict | None = None) -> dict:
-    shapes = {mm.shape for arch in ARCHS.values() for t in token_counts for mm in matmuls(arch, t)}
-    rates = measure_rates(shapes, peak_size=peak_size, onnx=onnx, min_time_s=min_time_s)
-    result = {"machine": machine(), "rates_gflops": rates, "archs": {k: asdict(v) for k, v in ARCHS.items()},
-              "floors": {name: [floors(arch, t, rates) for t in token_counts] for name, arch in ARCHS.items()}}
+def run(token_counts: list[int], *, archs: dict[str, Arch] | None = None, onnx: bool = True, peak_size: int = 2048,
+        min_time_s: float = 0.3, bench: dict | None = None, rates: dict | None = None) -> dict:
+    """Measure the rates (unless ``rates`` from an earlier run are given) and the floors."""
+    archs = archs or ARCHS
+    shapes = {mm.shape for arch in archs.values() for t in token_counts for mm in matmuls(arch, t)}
+    if rates is None:
+        rates = measure_rates(shapes, peak_size=peak_size, onnx=onnx, min_time_s=min_time_s)
+    else:
+        missing = sorted(_key(s) for s in shapes if _key(s) not in rates["shapes"])
+        if missing:
+            raise ValueError(f"the given rates lack shapes {missing[:4]}...; measure them (drop --rates-from)")
+    result = {"machine": machine(), "rates_gflops": rates, "archs": {k: asdict(v) for k, v in archs.items()},
+              "floors": {name: [floors(arch, t, rates) for t in token_counts] for name, arch in archs.items()}}
     if bench:
         result["vs_measured"] = vs_measured(result["floors"], bench)
     return result
@@ -371,17 +411,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-size", type=int, default=2048)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per shape and runtime")
     ap.add_argument("--no-onnx", action="store_true", help="numpy only")
+    ap.add_argument("--rates-from", type=Path, help="reuse the rates measured by an earlier run (its --out JSON)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     tokens = list(args.tokens)
     bench = json.loads(args.encoder_bench.read_text()) if args.encoder_bench else None
+    archs = dict(ARCHS)
     if args.artifact and (args.artifact / "manifest.json").is_file():
+        archs = artifact_archs(args.artifact)
         counts = query_token_counts(args.artifact)
         tokens += [round(c) for c in counts.values()]
         if bench is not None:
             bench["tokens"] = counts
     tokens = sorted(set(tokens))
-    result = run(tokens, onnx=not args.no_onnx, peak_size=args.peak_size, min_time_s=args.min_time, bench=bench)
+    rates = json.loads(args.rates_from.read_text())["rates_gflops"] if args.rates_from else None
+    result = run(tokens, archs=archs, onnx=not args.no_onnx, peak_size=args.peak_size, min_time_s=args.min_time,
+                 bench=bench, rates=rates)
+    if rates is not None:
+        result["rates_from"] = str(args.rates_from)
     if bench is not None:
         result["encoder_bench"] = {"meta": bench.get("meta"), "tokens": bench.get("tokens")}
     print(json.dumps(result["machine"]))

@@ -157,3 +157,19 @@ def test_rates_are_measured_at_tiny_sizes():
     pytest.importorskip("onnxruntime")
     rates = flops.onnx_rates(4, 16, 8, min_time_s=0.005, repeats=2)
     assert set(rates) == {"ort_fp32", "ort_int8"} and all(v > 0 for v in rates.values())
+
+
+def test_arch_is_read_from_the_onnx_initializers(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    inits = []
+    for layer in range(3):
+        inits.append(numpy_helper.from_array(np.zeros(4, np.float32), f"transformer.encoder.layer.{layer}.output.dense.bias"))
+        inits.append(numpy_helper.from_array(np.zeros(16, np.float32), f"transformer.encoder.layer.{layer}.intermediate.dense.bias"))
+    inits.append(numpy_helper.from_array(np.zeros((6, 4), np.float32), "projection.weight"))
+    graph = helper.make_graph([], "g", [], [], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    arch = flops.arch_of_onnx(path, "tiny", heads=2)
+    assert (arch.layers, arch.hidden, arch.ffn, arch.heads, arch.projection_out) == (3, 4, 16, 2, 6)
