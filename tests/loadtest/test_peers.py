@@ -198,3 +198,24 @@ def test_st_peer_top_results_equal_ours_on_the_real_artifact(small_artifact):
             # same model, same index: the same top keywords (float noise may swap near-ties)
             assert their_ids[:3] == our_ids[:3] or len(set(their_ids) & set(our_ids)) >= 9
             assert theirs["results"][0]["keywords"][0]["score"] == pytest.approx(mine["results"][0]["keywords"][0]["score"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_student_cut_from_the_teacher_is_reproduced_too():
+    """The demo artifact's student may be the teacher's first layers (no projection);
+    checked when such an artifact is on this machine (CI's small one is MiniLM)."""
+    pytest.importorskip("sentence_transformers")
+    import json
+
+    from loadtest.encoder_bench import encoders_of
+    from loadtest.peers.st_student import build_st_student
+
+    demo = Path(__file__).resolve().parents[2] / "artifacts" / "demo"
+    if not (demo / "manifest.json").is_file():
+        pytest.skip("no artifacts/demo here")
+    if "mpnet" not in (json.loads((demo / "manifest.json").read_text())["encoders"]["student"].get("base_model") or ""):
+        pytest.skip("artifacts/demo's student is not cut from the teacher")
+    texts = ["cordless drill", "how tall is the eiffel tower"]
+    onnx_vectors = encoders_of(demo, 1)["student_fp32"].encode_each(texts).vectors
+    vectors = build_st_student(demo).encode(texts, convert_to_numpy=True)
+    assert np.min(np.sum(vectors * onnx_vectors, axis=1)) > 0.9999
