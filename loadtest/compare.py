@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import httpx
 
 from loadtest import plots, report
-from loadtest.cpus import free_port, launch_server, pinned, plan_cpus
+from loadtest.cpus import cpu_model_name, free_port, launch_server, pinned, plan_cpus
 from loadtest.queries import load_queries
 from loadtest.runner import EncoderSpec, StepResult
 from loadtest.sweep import DEFAULT_LOOSE_SLO_MS, DEFAULT_SLO_MS, sweep_many
@@ -46,14 +46,7 @@ def new_run_dir(root: Path | str | None = None, prefix: str = "loadtest") -> Pat
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name() or platform.processor() or platform.machine()
     return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 

@@ -39,6 +39,8 @@ from typing import Callable
 
 import numpy as np
 
+from loadtest.cpus import cpu_model_name
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -319,14 +321,7 @@ def query_token_counts(artifact: Path, n: int = 300) -> dict[str, float]:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name() or platform.processor()
     flags = ""
     try:
         flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))

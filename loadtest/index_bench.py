@@ -38,6 +38,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from loadtest.cpus import cpu_model_name
+
 DEFAULT_EFS = (16, 32, 64, 128, 256)
 
 
@@ -377,14 +379,7 @@ def markdown_rows(title: str, rows: Sequence[EfRow]) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name() or platform.processor()
     return {"nproc": os.cpu_count(), "cpu": cpu, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "hnswlib": _version("hnswlib"), "numpy": np.__version__}
 

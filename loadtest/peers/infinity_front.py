@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 from fastapi import FastAPI, HTTPException
 
+from loadtest.cpus import stop_process
 from loadtest.peers.common import PeerIndex, SearchIn, search_response, set_offline_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,18 +91,8 @@ def start_infinity(model_dir: Path | str, port: int, log_path: Path | str | None
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    stop(proc)
+    stop_process(proc)
     raise TimeoutError(f"infinity-emb not ready after {ready_timeout_s:.0f} s (log: {log_path})")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def create_front(embed_url: str, index: PeerIndex, model: str = SERVED_NAME) -> FastAPI:
@@ -173,4 +164,4 @@ def serve(artifact: Path | str, port: int, host: str = "127.0.0.1", model_dir: P
               flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        stop(proc)
+        stop_process(proc)
