@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 
-from http_helpers import Server  # noqa: E402
+from http_helpers import Server, start_server  # noqa: E402,F401 - start_server is a fixture
 
 from models.manifest import MANIFEST_NAME, artifact_hash, sha256_file  # noqa: E402
 
@@ -57,22 +57,6 @@ def swap_tokenizer(src: Path, dst: Path) -> Path:
     shutil.copy(src / "teacher/tokenizer.json", dst / "student/tokenizer.json")
     rewrite_manifest(dst, ("student/tokenizer.json",))
     return dst
-
-
-@pytest.fixture(scope="session")
-def start_server(small_artifact, tmp_path_factory):
-    """Factory: start_server(artifact=None, **settings) -> Server; all stopped at the end."""
-    servers = []
-
-    def start(artifact: Path | None = None, **settings) -> Server:
-        log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = Server(artifact or small_artifact, log_path, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

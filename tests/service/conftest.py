@@ -10,23 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from http_helpers import REPO, Server, free_port  # noqa: F401 - shared with tests/reliability
-
-
-@pytest.fixture(scope="session")
-def start_server(small_artifact, tmp_path_factory):
-    """Factory: start_server(artifact=None, **settings) -> Server; all stopped at the end."""
-    servers = []
-
-    def start(artifact: Path | None = None, **settings) -> Server:
-        log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = Server(artifact or small_artifact, log_path, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+from http_helpers import REPO, Server, free_port, start_server  # noqa: F401 - fixtures and helpers shared with tests/reliability
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,19 @@ class Server:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def start_server(small_artifact, tmp_path_factory):
+    """Factory: start_server(artifact=None, **settings) -> Server; all stopped at the end."""
+    servers = []
+
+    def start(artifact: Path | None = None, **settings) -> Server:
+        log_path = tmp_path_factory.mktemp("server") / "server.log"
+        server = Server(artifact or small_artifact, log_path, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
