@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from models import data as data_mod
 from models.embedding_cache import EmbeddingCache
-from models.manifest import staged_folder, verify, write_manifest
+from models.manifest import sha256_file, staged_folder, verify, write_manifest
 from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir, teacher_dir
 from models.profiles import Profile
 from models.splits import split_of
@@ -77,7 +77,7 @@ def select_inputs(profile: Profile, directory: Path | None = None) -> Inputs:
     heldout = _interleave(dev, web_dev, profile.heldout_queries)
 
     sources = [
-        {"path": str(t.report.path), "rows": t.report.kept, "sha256": _sha256(t.report.path)}
+        {"path": str(t.report.path), "rows": t.report.kept, "sha256": sha256_file(t.report.path)}
         for t in (products, topics)
     ]
     reports = [t.report.summary() for t in (products, topics, msmarco)] + [judged.report.summary()]
@@ -118,15 +118,7 @@ def _interleave(a: list[str], b: list[str], limit: int | None) -> list[str]:
     return out[:limit] if limit is not None else out
 
 
-def _sha256(path: Path) -> str:
-    from models.manifest import sha256_file
-
-    return sha256_file(Path(path))
-
-
 def _model_key(name: str, folder: Path, max_length: int) -> str:
-    from models.manifest import sha256_file
-
     marker = folder / ".complete"
     digest = marker.read_text().strip() if marker.is_file() else sha256_file(folder / "model.safetensors")
     return f"{name}-{digest[:16]}-L{max_length}"

