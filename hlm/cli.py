@@ -50,8 +50,11 @@ def build(
 @app.command()
 def distill(
     student: str = typer.Option("minilm-l6", help="minilm-l6, minilm-l3, mpnet-l2, mpnet-l3, mpnet-l4."),
-    phases: str = typer.Option("2,3", help="Which phases to run, in order (2 = L2 alignment, 3 = contrastive)."),
+    phases: str = typer.Option("2,3", help="Which phases to run, in order (1 = teacher fine-tune, 2 = L2 alignment, 3 = contrastive)."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint root; default runs/students/<student>."),
+    minutes1: float = typer.Option(15.0, help="Wall-clock budget of phase 1 (the teacher's fine-tune)."),
+    steps1: int = typer.Option(300, help="Step budget of phase 1."),
+    teacher: Optional[Path] = typer.Option(None, help="Distil from this phase-1 teacher folder instead of the packaged teacher."),
     minutes2: float = typer.Option(20.0, help="Wall-clock budget of phase 2."),
     minutes3: float = typer.Option(10.0, help="Wall-clock budget of phase 3."),
     steps2: int = typer.Option(1500, help="Step budget (sets the learning-rate schedule) of phase 2."),
@@ -64,20 +67,29 @@ def distill(
     products: Optional[int] = typer.Option(None, help="Use only the first N product titles (default all)."),
     threads: int = typer.Option(2),
 ) -> None:
-    """Train a student (phases 2 and 3) into the teacher's space; resumable."""
+    """Train a student (phases 2 and 3) into the teacher's space, after phase 1 if asked; resumable."""
     from models.distill.pipeline import run_phases
     from models.distill.prepare import build_training_data
     from models.distill.teacher_vectors import TeacherVectors
 
     out = out or Path("runs/students") / student
-    data = build_training_data(TeacherVectors(threads), products_limit=products, kl_candidates=32 if kl_weight else 0)
+    if "1" in phases.split(","):
+        from models.distill.phase1 import Phase1Config, finetune_teacher, judge
+
+        folder = finetune_teacher(Phase1Config(out=str(out / "phase1"), minutes=minutes1, max_steps=steps1, threads=threads))
+        verdict = judge(folder, threads)
+        typer.echo(f"phase1: {folder}: dev nDCG@10 {verdict['original']['ndcg_at_10']:.4f} -> "
+                   f"{verdict['finetuned']['ndcg_at_10']:.4f}; {'adopted' if verdict['adopt'] else 'not adopted'}")
+        teacher = teacher or (folder if verdict["adopt"] else None)
+    data = build_training_data(TeacherVectors(threads, folder=teacher), products_limit=products,
+                               kl_candidates=32 if kl_weight else 0)
     typer.echo(f"training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} phase-3 pairs")
     done = run_phases(
         student, data, out, phases.split(","),
         phase2={"minutes": minutes2, "max_steps": steps2, "kl_weight": kl_weight, "lr": lr2},
         phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "lr": lr3, "kl_weight": kl3,
                 **({"init": str(init)} if init else {})},
-        threads=threads,
+        threads=threads, teacher_folder=teacher,
     )
     for phase, path in done.items():
         typer.echo(f"{phase}: {path}")

@@ -5,6 +5,8 @@ at most one uncommitted chunk of encoding; the artifact folder itself appears on
 complete, see ``manifest.staged_folder``):
 
 1. inputs    read the keyword corpus and the queries; split queries by hash (train/dev)
+   phase1    (profiles with phase "1") fine-tune the teacher on judged train pairs and
+             keep it only if its dev nDCG@10 beats the packaged teacher's
 2. teacher   export the teacher to ONNX; encode keywords and queries (cached)
 3. index     hnswlib graph over the keyword vectors + the keyword store
 4. student   MiniLM-L6 + 384->768 projection: closed-form fit, or the trained student
@@ -181,14 +183,19 @@ def build(
             f"held-out queries {len(inputs.heldout_queries)}"
         )
 
+    teacher_folder, phase1 = None, None
+    if "1" in profile.distill_phases:
+        with timer.step("phase1"):
+            teacher_folder, phase1 = _finetune_teacher_in_build(profile, threads)
+
     with staged_folder(out_dir) as stage:
         with timer.step("teacher"):
-            teacher_torch = load_teacher()
+            teacher_torch = load_teacher(teacher_folder)
             teacher_onnx = stage / "teacher" / "model.onnx"
             export_mod.export_onnx(teacher_torch, teacher_onnx, tokenizer_path("teacher"))
             export_mod.copy_tokenizer(tokenizer_path("teacher"), stage / "teacher" / "tokenizer.json", profile.max_length)
             teacher = OnnxEncoder(teacher_onnx, stage / "teacher" / "tokenizer.json", profile.max_length, threads)
-            teacher_cache = EmbeddingCache(_model_key("mpnet", teacher_dir(), profile.max_length), teacher.dim)
+            teacher_cache = EmbeddingCache(_model_key("mpnet", teacher_folder or teacher_dir(), profile.max_length), teacher.dim)
             keyword_vectors = cached_encode(teacher, teacher_cache, inputs.keyword_texts, "keywords (teacher)")
             fit_targets = cached_encode(teacher, teacher_cache, inputs.fit_queries, "fit queries (teacher)")
             heldout_teacher = cached_encode(teacher, teacher_cache, inputs.heldout_queries, "held-out (teacher)")
@@ -199,8 +206,8 @@ def build(
             write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
 
         with timer.step("student"):
-            if student_checkpoint is None and profile.distill_phases:
-                student_checkpoint = _distill_in_build(profile, inputs, keyword_vectors, teacher, threads)
+            if student_checkpoint is None and {"2", "3"} & set(profile.distill_phases):
+                student_checkpoint = _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teacher_folder)
             student_torch, student_note, student_tok = _make_student(
                 profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads
             )
@@ -235,6 +242,8 @@ def build(
             summary["hnsw_recall_at_10"] = round(hnsw_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
             summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(index, keyword_vectors, heldout_teacher)
             summary["parity"] = parity
+            if phase1 is not None:
+                summary["phase1"] = phase1
             (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
             for name in ("student_fp32", "student_int8"):
                 s = summary[name]
@@ -248,7 +257,9 @@ def build(
             print(f"  {gate.message}")
 
         with timer.step("manifest"):
-            manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok)
+            teacher_note = TEACHER_NAME if teacher_folder is None else (
+                f"{TEACHER_NAME} fine-tuned on judged train pairs (phase 1, step {phase1['step']})")
+            manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok, teacher_note)
             manifest["servable"] = gate.servable
             manifest["gate"] = gate.to_dict()
             manifest = write_manifest(stage, manifest)
@@ -262,7 +273,28 @@ def build(
     return manifest
 
 
-def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads) -> Path:
+def _finetune_teacher_in_build(profile, threads) -> tuple[Path | None, dict]:
+    """Phase 1; the fine-tuned teacher's folder if it beat the packaged one on dev, else None.
+
+    Its checkpoints live in the cache (keyed by profile and step budget), so a killed
+    build resumes the fine-tune, and a finished one is not run again.
+    """
+    from models.distill.phase1 import Phase1Config, finetune_teacher, judge
+    from models.model_files import CACHE_DIR
+
+    out = CACHE_DIR / "distill" / f"{profile.name}-teacher-phase1-s{profile.phase1_steps}"
+    folder = finetune_teacher(Phase1Config(out=str(out), minutes=profile.phase1_minutes,
+                                           max_steps=profile.phase1_steps, threads=threads))
+    verdict = judge(folder, threads, profile.phase1_judge_titles, profile.gate_queries)
+    verdict["step"] = json.loads((out / "info.json").read_text())["step"]
+    before, after = verdict["original"]["ndcg_at_10"], verdict["finetuned"]["ndcg_at_10"]
+    decision = "adopted" if verdict["adopt"] else "not adopted: the packaged teacher stays"
+    print(f"  phase 1: dev nDCG@10 {before:.4f} -> {after:.4f} ({verdict['ratio']:.3f}x) over "
+          f"{verdict['titles']} titles; {decision}")
+    return (folder if verdict["adopt"] else None), verdict
+
+
+def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teacher_folder=None) -> Path:
     """Run the profile's training phases on its own data; returns the final checkpoint.
 
     The checkpoints live in the cache, keyed by profile and keyword set, so a killed
@@ -279,16 +311,18 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads) -> Pat
     products = ([inputs.keyword_ids[i][3:] for i in rows], [inputs.keyword_texts[i] for i in rows], keyword_vectors[rows])
     others = [t for k, t in zip(inputs.keyword_ids, inputs.keyword_texts) if not k.startswith("hd:")]
     data = build_training_data(
-        TeacherVectors(threads, encoder=teacher), products=products, web_queries=0, topics_limit=0,
+        TeacherVectors(threads, encoder=teacher, folder=teacher_folder), products=products, web_queries=0, topics_limit=0,
         kl_candidates=0, extra_texts=inputs.fit_queries + others,
     )
     print(f"  training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} judged train pairs")
-    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids)]).encode()).hexdigest()[:12]
+    teacher_id = _model_key("mpnet", teacher_folder, profile.max_length) if teacher_folder else "packaged"
+    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
     (m2, m3), (s2, s3) = profile.distill_minutes, profile.distill_steps
     done = run_phases(
         profile.student, data, out_root, profile.distill_phases,
         phase2={"minutes": m2, "max_steps": s2}, phase3={"minutes": m3, "max_steps": s3, "kl_weight": profile.distill_kl}, threads=threads,
+        teacher_folder=teacher_folder,
     )
     return done.get("phase3") or done["phase2"]
 
@@ -375,7 +409,7 @@ def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
     return out
 
 
-def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student") -> dict:
+def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student", teacher_note=TEACHER_NAME) -> dict:
     encoder_common = {"pooling": "mean", "normalized": True, "max_length": profile.max_length,
                       "inputs": ["input_ids", "attention_mask"], "output": "embedding"}
     return {
@@ -389,7 +423,7 @@ def _manifest(profile, inputs, teacher, student, student_note, summary, student_
                 "onnx_int8": None,
                 "tokenizer": "teacher/tokenizer.json",
                 "dim": teacher.dim,
-                "model": TEACHER_NAME,
+                "model": teacher_note,
             },
             "student": {
                 **encoder_common,

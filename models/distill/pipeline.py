@@ -47,12 +47,12 @@ def torch_encoder(model: SentenceEncoder, tokenizer: str, batch_size: int = 128)
     return encode
 
 
-def initial_projection(student: str, data: TrainingData, sample: int = 12000, seed: int = 0):
+def initial_projection(student: str, data: TrainingData, teacher_folder=None, sample: int = 12000, seed: int = 0):
     """Closed-form ridge fit of the base model's vectors onto the teacher's (None if unprojected)."""
     spec = get_spec(student)
     if not spec.projection:
         return None
-    base = make_student(replace(spec, projection=False))
+    base = make_student(replace(spec, projection=False), teacher_folder=teacher_folder)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(data.texts), min(sample, len(data.texts)), replace=False)
     x = torch_encoder(base, tokenizer_name(spec))([data.texts[i] for i in rows])
@@ -67,20 +67,24 @@ def run_phases(
     phase2: dict | None = None,
     phase3: dict | None = None,
     threads: int = 2,
+    teacher_folder: Path | None = None,
 ) -> dict[str, Path]:
+    """Phases 2 and/or 3 (phase 1, the teacher's fine-tune, is ``models.distill.phase1``);
+    ``teacher_folder`` is that fine-tuned teacher when there is one."""
     out_root = Path(out_root)
+    common = {"threads": threads, "teacher_folder": str(teacher_folder) if teacher_folder else None}
     done: dict[str, Path] = {}
     if "2" in phases:
-        config = TrainConfig(student=student, out=str(out_root / "phase2"), threads=threads,
+        config = TrainConfig(student=student, out=str(out_root / "phase2"), **common,
                              **{"l2_weight": 1.0, "lr": 1e-4, **(phase2 or {})})
-        projection = None if (Path(config.out) / "state.pt").exists() else initial_projection(student, data)
+        projection = None if (Path(config.out) / "state.pt").exists() else initial_projection(student, data, teacher_folder)
         done["phase2"] = train(config, data, projection)
     if "3" in phases:
         init = done.get("phase2") or (out_root / "phase2" if (out_root / "phase2" / "model.pt").exists() else None)
         settings = {"l2_weight": 1.0, "contrastive_weight": 1.0, "kl_weight": 1.0, "lr": 1e-4,
                     "init": str(init) if init else None, **(phase3 or {})}
         init = settings["init"]
-        config = TrainConfig(student=student, out=str(out_root / "phase3"), threads=threads, **settings)
-        projection = None if init else initial_projection(student, data)
+        config = TrainConfig(student=student, out=str(out_root / "phase3"), **common, **settings)
+        projection = None if init else initial_projection(student, data, teacher_folder)
         done["phase3"] = train(config, data, projection)
     return done

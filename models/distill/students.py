@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -47,14 +48,17 @@ def tokenizer_name(spec: StudentSpec) -> str:
     return "teacher" if spec.family == "mpnet" else "student"
 
 
-def make_student(spec: StudentSpec, projection: tuple[np.ndarray, np.ndarray] | None = None) -> SentenceEncoder:
+def make_student(
+    spec: StudentSpec, projection: tuple[np.ndarray, np.ndarray] | None = None, teacher_folder: str | Path | None = None
+) -> SentenceEncoder:
     """A fresh student; for projected students, the projection's starting weights.
 
     Without ``projection`` weights the projection starts as a random init; the trainer
-    passes the closed-form fit instead, which is a much better starting point.
+    passes the closed-form fit instead, which is a much better starting point. Cut
+    students start from ``teacher_folder`` (a phase-1 fine-tuned teacher) when given.
     """
     if spec.family == "mpnet":
-        model = load_teacher()
+        model = load_teacher(Path(teacher_folder) if teacher_folder else None)
         keep_first_layers(model.transformer, spec.layers)
         return model
     base = load_student_base(layers=spec.layers)

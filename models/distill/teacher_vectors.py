@@ -20,31 +20,34 @@ from models.model_files import CACHE_DIR, teacher_dir
 MAX_LENGTH = 128
 
 
-def teacher_key(max_length: int = MAX_LENGTH) -> str:
+def teacher_key(max_length: int = MAX_LENGTH, folder: Path | None = None) -> str:
+    """The cache key of a teacher: the packaged one, or a phase-1 fine-tune's folder."""
     from models.build import _model_key
 
-    return _model_key("mpnet", teacher_dir(), max_length)
+    return _model_key("mpnet", Path(folder) if folder else teacher_dir(), max_length)
 
 
-@lru_cache(maxsize=1)
-def teacher_onnx_path() -> Path:
-    target = CACHE_DIR / "onnx" / f"{teacher_key()}.onnx"
+@lru_cache(maxsize=4)
+def teacher_onnx_path(folder: Path | None = None) -> Path:
+    target = CACHE_DIR / "onnx" / f"{teacher_key(folder=folder)}.onnx"
     if not target.is_file():
         from models.encoders import load_teacher, tokenizer_path
         from models.export import export_onnx
 
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            export_onnx(load_teacher(), Path(tmp) / "model.onnx", tokenizer_path("teacher"))
+            export_onnx(load_teacher(folder), Path(tmp) / "model.onnx", tokenizer_path("teacher"))
             os.replace(Path(tmp) / "model.onnx", target)
     return target
 
 
 class TeacherVectors:
-    def __init__(self, threads: int = 2, encoder=None):
-        """``encoder``: an already open teacher OnnxEncoder to reuse (the build has one)."""
+    def __init__(self, threads: int = 2, encoder=None, folder: Path | None = None):
+        """``encoder``: an already open teacher OnnxEncoder to reuse (the build has one);
+        ``folder``: a phase-1 fine-tuned teacher instead of the packaged one."""
         self.threads = threads
-        self.cache = EmbeddingCache(teacher_key(), 768)
+        self.folder = Path(folder) if folder else None
+        self.cache = EmbeddingCache(teacher_key(folder=self.folder), 768)
         self._encoder = encoder
 
     def encoder(self):
@@ -52,7 +55,7 @@ class TeacherVectors:
             from models.encoders import tokenizer_path
             from service.encoder import OnnxEncoder
 
-            self._encoder = OnnxEncoder(teacher_onnx_path(), tokenizer_path("teacher"), MAX_LENGTH, self.threads)
+            self._encoder = OnnxEncoder(teacher_onnx_path(self.folder), tokenizer_path("teacher"), MAX_LENGTH, self.threads)
         return self._encoder
 
     def __call__(self, texts: Sequence[str], label: str = "teacher") -> np.ndarray:

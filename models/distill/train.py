@@ -37,6 +37,7 @@ class TrainConfig:
     student: str = "minilm-l6"
     out: str = "runs/students/minilm-l6"
     init: str | None = None  # start from this checkpoint (phase 3 starts from phase 2)
+    teacher_folder: str | None = None  # a phase-1 fine-tuned teacher: cut students start from it
     l2_weight: float = 1.0
     contrastive_weight: float = 0.0
     kl_weight: float = 0.0
@@ -94,7 +95,7 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
     spec = get_spec(config.student)
     tokenizer = load_tokenizer(tokenizer_path(tokenizer_name(spec)))
 
-    model = make_student(spec, initial_projection)
+    model = make_student(spec, initial_projection, config.teacher_folder)
     state = None
     if (out / "state.pt").is_file():
         saved_spec, _ = read_spec(out)
