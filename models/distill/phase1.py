@@ -44,8 +44,8 @@ class Phase1Config:
     out: str = "runs/teacher/phase1"
     lr: float = 2e-5
     batch_size: int = 32
-    max_steps: int = 300
-    minutes: float = 15.0
+    max_steps: int = 140
+    minutes: float = 17.0
     warmup_share: float = 0.1
     temperature: float = 0.05  # scale 20, the sentence-transformers default
     checkpoint_every: int = 50
