@@ -20,6 +20,7 @@ import numpy as np
 
 from models.manifest import ArtifactError, verify
 from service.batcher import Batcher, Job
+from service.looplag import LoopLagMonitor
 from service.encoder import OnnxEncoder
 from service.index import KeywordIndex
 from service.metrics import Metrics
@@ -112,6 +113,7 @@ class Runtime:
         self.slots: dict[str, EncoderSlot] = {}
         self.index: Optional[KeywordIndex] = None
         self.default_ef = settings.ef or int(manifest["index"].get("ef") or 64)
+        self.loop_lag: Optional[LoopLagMonitor] = None
 
     # ---- loading (blocking) ----
 
@@ -178,6 +180,11 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
         self.metrics.index_size.set(len(self.index))
+        lag = None
+        if s.loop_lag_admission:
+            self.loop_lag = LoopLagMonitor()
+            self.loop_lag.start()
+            lag = self.loop_lag.value
         for name, slot in self.slots.items():
             slot.batcher = Batcher(
                 name,
@@ -187,6 +194,7 @@ class Runtime:
                 queue_size=s.queue_size,
                 retry_after_s=s.retry_after_s,
                 max_queue_wait_s=s.max_queue_wait_ms / 1000.0,
+                lag_s=lag,
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
@@ -196,6 +204,8 @@ class Runtime:
         for slot in self.slots.values():
             if slot.batcher is not None:
                 await slot.batcher.close()
+        if self.loop_lag is not None:
+            await self.loop_lag.stop()
 
     # ---- the batch function (worker thread) ----
 

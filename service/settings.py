@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         "encoder would take longer than this (queued queries x the measured cost per query), so accepted requests keep "
         "their latency under overload. 0 = only the queue_size bound.",
     )
+    loop_lag_admission: bool = Field(
+        True,
+        description="Count the event loop's measured lag (a 5 ms timer's lateness, decaying peak) against "
+        "max_queue_wait_ms too: under overload the loop that parses requests and hands back answers falls behind "
+        "while the batch queue stays short, and this refuses early instead of serving late.",
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
 
     # ONNX Runtime.
