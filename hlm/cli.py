@@ -102,12 +102,13 @@ def eval_cmd(
     out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json and eval.md."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N dev queries."),
     onnx_dir: list[Path] = typer.Option([], help="Also score an `hlm export-student` folder (fp32 and int8)."),
+    teacher: Optional[Path] = typer.Option(None, help="A phase-1 fine-tuned teacher folder as the reference (default: the packaged teacher)."),
     threads: int = typer.Option(2),
 ) -> None:
     """Score teacher, raw MiniLM and students on the judged dev split (and web agreement)."""
     from models.distill.report import evaluate_all
 
-    evaluate_all(checkpoints or [], artifact, out, limit, threads, onnx_dirs=onnx_dir)
+    evaluate_all(checkpoints or [], artifact, out, limit, threads, onnx_dirs=onnx_dir, teacher_folder=teacher)
 
 
 @app.command("export-student")

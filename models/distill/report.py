@@ -52,10 +52,13 @@ def evaluate_all(
     threads: int = 2,
     web_queries: int = 1000,
     onnx_dirs: Sequence[Path] = (),
+    teacher_folder: Path | None = None,
 ) -> dict:
+    """``teacher_folder``: a phase-1 fine-tuned teacher as the reference (its vectors index
+    the titles); the packaged teacher is then scored too, in its own space."""
     from models.distill.pipeline import torch_encoder
 
-    teacher = TeacherVectors(threads)
+    teacher = TeacherVectors(threads, folder=teacher_folder)
     judged = judged_eval_set(lambda texts: teacher(texts, "product titles (teacher)"), "dev", limit)
     web = web_dev_queries(web_queries)
     web_teacher = teacher(web, "web dev queries (teacher)")
@@ -71,6 +74,11 @@ def evaluate_all(
 
     raw_set = JudgedEval(judged.queries, judged.judgments, judged.product_ids, raw(_product_texts()))
     rows["minilm_raw_own_space"] = raw_set.score(raw)
+    if teacher_folder is not None:
+        packaged = TeacherVectors(threads)
+        own = JudgedEval(judged.queries, judged.judgments, judged.product_ids,
+                         packaged(_product_texts(), "product titles (packaged teacher)"))
+        rows["teacher_packaged_own_space"] = own.score(lambda texts: packaged(list(texts), "dev queries (packaged teacher)"))
 
     for folder in checkpoints:
         spec, info = read_spec(folder)
@@ -101,6 +109,7 @@ def evaluate_all(
         "dev_queries": len(judged.queries),
         "products": len(judged.product_ids),
         "relevant_threshold": 2.33,
+        "teacher": str(teacher_folder) if teacher_folder else "packaged all-mpnet-base-v2",
         "web_dev_queries": len(web),
         "rows": rows,
     }
