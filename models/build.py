@@ -463,3 +463,6 @@ def _print_summary(out_dir: Path, manifest: dict, steps: dict, total: float, inp
     for rel, info in sorted(manifest["files"].items()):
         print(f"  file       {rel:28s} {info['bytes'] / 1e6:8.1f} MB")
     print("  timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()) + f"; total {total:.1f}s")
+    print(f"  teacher    {manifest['encoders']['teacher']['model']}")
+    print(f"  student    {manifest['encoders']['student']['model']}")
+    print(f"  gate       {manifest['gate']['message']}")
