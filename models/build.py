@@ -366,20 +366,12 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
 
 def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
     """Score teacher and (int8, the served precision) student on judged dev queries."""
-    from models.evaluate import JudgedEval
+    from models.evaluate import JudgedEval, judged_queries
     from models.gate import check_gate
 
     products = data_mod.load_sample("products")
     title_of = dict(zip(products.ids, products.texts))
-    judged = data_mod.load_sample_judgments()
-    queries, judgments = [], []
-    for query, graded in judged.by_query.items():
-        graded = {d: r for d, r in graded.items() if d in title_of}
-        if split_of(query) == "dev" and graded:
-            queries.append(query)
-            judgments.append(graded)
-    if profile.gate_queries is not None:
-        queries, judgments = queries[: profile.gate_queries], judgments[: profile.gate_queries]
+    queries, judgments = judged_queries(products.ids, "dev", profile.gate_queries)
     pool = [k[3:] for k in inputs.keyword_ids if k.startswith("hd:")]
     pool = list(dict.fromkeys(pool + [d for graded in judgments for d in graded]))
     vectors = cached_encode(teacher, teacher_cache, [title_of[d] for d in pool], "gate products (teacher)")

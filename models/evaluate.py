@@ -45,11 +45,11 @@ class JudgedEval:
         }
 
 
-def judged_eval_set(product_vectors_fn: Callable[[list[str]], np.ndarray], split: str = "dev", limit: int | None = None) -> JudgedEval:
-    """The judged evaluation set; ``product_vectors_fn`` gives teacher vectors for titles."""
-    products = data_mod.load_sample("products")
+def judged_queries(known_ids, split: str = "dev", limit: int | None = None) -> tuple[list[str], list[dict[str, float]]]:
+    """The ``split``'s judged queries (the first ``limit``) and their judgments, keeping only
+    products in ``known_ids`` (a judged product missing from the catalogue cannot be found)."""
     judged = data_mod.load_sample_judgments()
-    known = set(products.ids)
+    known = set(known_ids)
     queries, judgments = [], []
     for query, graded in judged.by_query.items():
         if split_of(query) != split:
@@ -58,8 +58,13 @@ def judged_eval_set(product_vectors_fn: Callable[[list[str]], np.ndarray], split
         if graded:
             queries.append(query)
             judgments.append(graded)
-    if limit is not None:
-        queries, judgments = queries[:limit], judgments[:limit]
+    return queries[:limit], judgments[:limit]
+
+
+def judged_eval_set(product_vectors_fn: Callable[[list[str]], np.ndarray], split: str = "dev", limit: int | None = None) -> JudgedEval:
+    """The judged evaluation set; ``product_vectors_fn`` gives teacher vectors for titles."""
+    products = data_mod.load_sample("products")
+    queries, judgments = judged_queries(products.ids, split, limit)
     return JudgedEval(queries, judgments, products.ids, product_vectors_fn(products.texts))
 
 

@@ -74,7 +74,7 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     import torch
 
     from models.distill.losses import info_nce
-    from models.distill.train import _schedule, _tokenize
+    from models.distill.train import _schedule, _tokenize, optimizer_step
     from models.encoders import load_teacher, tokenizer_path
     from models.model_files import teacher_dir
     from service.encoder import load_tokenizer
@@ -133,11 +133,7 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
         q_ids, q_mask = _tokenize(tokenizer, [queries[i] for i in rows])
         t_ids, t_mask = _tokenize(tokenizer, titles)
         loss = info_nce(model(q_ids, q_mask), model(t_ids, t_mask), None, config.temperature, positive_ids=titles)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, trainable)
         step += 1
         value = float(loss.detach())
         running = value if running is None else 0.95 * running + 0.05 * value
@@ -171,7 +167,7 @@ def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limi
     Written to ``<folder>/../judgement.json`` and read back on reruns.
     """
     from models.distill.teacher_vectors import TeacherVectors
-    from models.evaluate import JudgedEval
+    from models.evaluate import JudgedEval, judged_queries
 
     path = Path(folder).parent / "judgement.json"
     marker = (Path(folder) / ".complete").read_text().strip()
@@ -181,14 +177,7 @@ def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limi
             return saved
     products = data_mod.load_sample("products")
     title_of = dict(zip(products.ids, products.texts))
-    judged = data_mod.load_sample_judgments()
-    queries, judgments = [], []
-    for query, graded in judged.by_query.items():
-        graded = {d: r for d, r in graded.items() if d in title_of}
-        if split_of(query) == "dev" and graded:
-            queries.append(query)
-            judgments.append(graded)
-    queries, judgments = queries[:queries_limit], judgments[:queries_limit]
+    queries, judgments = judged_queries(products.ids, "dev", queries_limit)
     pool = list(dict.fromkeys(d for graded in judgments for d in graded))
     chosen = set(pool)
     rest = [d for d in products.ids if d not in chosen]

@@ -178,11 +178,7 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             candidates = doc_vectors[torch.from_numpy(data.text_candidates[rows, : config.kl_candidates])]
             losses["kl"] = ranking_kl(vectors, targets, candidates, config.kl_temperature)
             loss = loss + config.kl_weight * losses["kl"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, trainable)
         step += 1
         values = {k: float(v.detach()) for k, v in losses.items()}
         running = values if running is None else {k: 0.98 * running.get(k, v) + 0.02 * v for k, v in values.items()}
@@ -196,6 +192,15 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
     model.eval()
     checkpoint()
     return out
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scheduler, trainable) -> None:
+    """One update: gradients clipped to norm 1 (a bad batch cannot throw the model far)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    scheduler.step()
 
 
 def _pad(rows: list[int], n: int, rng: random.Random) -> list[int]:
