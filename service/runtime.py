@@ -193,7 +193,7 @@ class Runtime:
                 max_wait_s=s.max_wait_ms / 1000.0,
                 queue_size=s.queue_size,
                 retry_after_s=s.retry_after_s,
-                max_queue_wait_s=s.max_queue_wait_ms / 1000.0,
+                max_queue_wait_s=(s.max_queue_wait_ms if name == "student" else s.teacher_queue_wait_ms) / 1000.0,
                 lag_s=lag,
                 metrics=self.metrics,
             )

@@ -17,6 +17,6 @@ from http_helpers import REPO, Server, free_port, start_server  # noqa: F401 - f
 def server(start_server) -> Server:
     """The shared server: default settings, small artifact, ready."""
     # No time bound on the queues: these tests send bursts to check batching, not admission.
-    srv = start_server(shadow_rate=0, max_queue_wait_ms=0)
+    srv = start_server(shadow_rate=0, max_queue_wait_ms=0, teacher_max_queue_wait_ms=0)
     srv.wait_for("/readyz")
     return srv

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def tight(start_server):
     """A server whose warm-up waits 3 s, with teacher batches of 1 and a queue of 4 (no time bound)."""
-    srv = start_server(warmup_delay_s=3, max_batch=1, queue_size=4, shadow_rate=1.0, retry_after_s=2, max_queue_wait_ms=0)
+    srv = start_server(warmup_delay_s=3, max_batch=1, queue_size=4, shadow_rate=1.0, retry_after_s=2, max_queue_wait_ms=0, teacher_max_queue_wait_ms=0)
     srv.wait_for("/healthz")
     seen = []  # (readyz status, readyz body, search status, search error code) while loading
     deadline = time.monotonic() + 120
