@@ -55,7 +55,7 @@ def plot(rows: list[dict], path: Path, gate: float = 0.98) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         ax.scatter(r["speedup"], r["ndcg_ratio"], s=40)
-        ax.annotate(f"{r['model']} ({r['encoder']})", (r["speedup"], r["ndcg_ratio"]), fontsize=7,
+        ax.annotate(r["encoder"], (r["speedup"], r["ndcg_ratio"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     ax.axhline(gate, color="grey", linestyle="--", linewidth=1)
     ax.text(ax.get_xlim()[0], gate, f" gate {gate:.2f}", va="bottom", fontsize=8, color="grey")
@@ -66,7 +66,7 @@ def plot(rows: list[dict], path: Path, gate: float = 0.98) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main() -> None:
