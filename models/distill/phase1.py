@@ -27,6 +27,7 @@ here are not encoded again when the build re-encodes the corpus.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -192,6 +193,8 @@ def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limi
         "weights_sha256": marker, "setting": [other_titles, queries_limit, seed], "titles": len(pool), "queries": len(queries),
         "original": rows["original"], "finetuned": rows["finetuned"], "ratio": round(gain, 4), "adopt": gain > 1.0,
     }
-    path.write_text(json.dumps(verdict, indent=2) + "\n")
+    partial = path.with_suffix(".json.partial")  # written whole, then renamed: never half a verdict
+    partial.write_text(json.dumps(verdict, indent=2) + "\n")
+    os.replace(partial, path)
     return verdict
 
