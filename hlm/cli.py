@@ -74,13 +74,10 @@ def distill(
 
     out = out or Path("runs/students") / student
     if "1" in phases.split(","):
-        from models.distill.phase1 import Phase1Config, finetune_teacher, judge
+        from models.distill.phase1 import Phase1Config, run_phase1
 
-        folder = finetune_teacher(Phase1Config(out=str(out / "phase1"), minutes=minutes1, max_steps=steps1, threads=threads))
-        verdict = judge(folder, threads)
-        typer.echo(f"phase1: {folder}: dev nDCG@10 {verdict['original']['ndcg_at_10']:.4f} -> "
-                   f"{verdict['finetuned']['ndcg_at_10']:.4f}; {'adopted' if verdict['adopt'] else 'not adopted'}")
-        teacher = teacher or (folder if verdict["adopt"] else None)
+        adopted, _ = run_phase1(Phase1Config(out=str(out / "phase1"), minutes=minutes1, max_steps=steps1, threads=threads))
+        teacher = teacher or adopted
     data = build_training_data(TeacherVectors(threads, folder=teacher), products_limit=products,
                                kl_candidates=32 if kl_weight else 0)
     typer.echo(f"training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} phase-3 pairs")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from models import data as data_mod
 from models.embedding_cache import EmbeddingCache
 from models.manifest import sha256_file, staged_folder, verify, write_manifest
-from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir, teacher_dir
+from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir
 from models.profiles import Profile
 from models.splits import split_of
 
@@ -164,7 +164,8 @@ def build(
     import torch
 
     from models import export as export_mod
-    from models.encoders import load_student_base, load_teacher, tokenizer_path
+    from models.encoders import load_teacher, tokenizer_path
+    from models.distill.teacher_vectors import teacher_key
     from models.index_build import build_hnsw, ef_for_recall, hnsw_recall
     from service.encoder import OnnxEncoder
     from service.index import write_store
@@ -195,7 +196,7 @@ def build(
             export_mod.export_onnx(teacher_torch, teacher_onnx, tokenizer_path("teacher"))
             export_mod.copy_tokenizer(tokenizer_path("teacher"), stage / "teacher" / "tokenizer.json", profile.max_length)
             teacher = OnnxEncoder(teacher_onnx, stage / "teacher" / "tokenizer.json", profile.max_length, threads)
-            teacher_cache = EmbeddingCache(_model_key("mpnet", teacher_folder or teacher_dir(), profile.max_length), teacher.dim)
+            teacher_cache = EmbeddingCache(teacher_key(profile.max_length, teacher_folder), teacher.dim)
             keyword_vectors = cached_encode(teacher, teacher_cache, inputs.keyword_texts, "keywords (teacher)")
             fit_targets = cached_encode(teacher, teacher_cache, inputs.fit_queries, "fit queries (teacher)")
             heldout_teacher = cached_encode(teacher, teacher_cache, inputs.heldout_queries, "held-out (teacher)")
@@ -279,19 +280,12 @@ def _finetune_teacher_in_build(profile, threads) -> tuple[Path | None, dict]:
     Its checkpoints live in the cache (keyed by profile and step budget), so a killed
     build resumes the fine-tune, and a finished one is not run again.
     """
-    from models.distill.phase1 import Phase1Config, finetune_teacher, judge
+    from models.distill.phase1 import Phase1Config, run_phase1
     from models.model_files import CACHE_DIR
 
     out = CACHE_DIR / "distill" / f"{profile.name}-teacher-phase1-s{profile.phase1_steps}"
-    folder = finetune_teacher(Phase1Config(out=str(out), minutes=profile.phase1_minutes,
-                                           max_steps=profile.phase1_steps, threads=threads))
-    verdict = judge(folder, threads, profile.phase1_judge_titles, profile.gate_queries)
-    verdict["step"] = json.loads((out / "info.json").read_text())["step"]
-    before, after = verdict["original"]["ndcg_at_10"], verdict["finetuned"]["ndcg_at_10"]
-    decision = "adopted" if verdict["adopt"] else "not adopted: the packaged teacher stays"
-    print(f"  phase 1: dev nDCG@10 {before:.4f} -> {after:.4f} ({verdict['ratio']:.3f}x) over "
-          f"{verdict['titles']} titles; {decision}")
-    return (folder if verdict["adopt"] else None), verdict
+    config = Phase1Config(out=str(out), minutes=profile.phase1_minutes, max_steps=profile.phase1_steps, threads=threads)
+    return run_phase1(config, profile.phase1_judge_titles, profile.gate_queries)
 
 
 def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teacher_folder=None) -> Path:
@@ -304,7 +298,7 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
 
     from models.distill.pipeline import run_phases
     from models.distill.prepare import build_training_data
-    from models.distill.teacher_vectors import TeacherVectors
+    from models.distill.teacher_vectors import TeacherVectors, teacher_key
     from models.model_files import CACHE_DIR
 
     rows = [i for i, k in enumerate(inputs.keyword_ids) if k.startswith("hd:")]
@@ -315,7 +309,7 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
         kl_candidates=0, extra_texts=inputs.fit_queries + others,
     )
     print(f"  training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} judged train pairs")
-    teacher_id = _model_key("mpnet", teacher_folder, profile.max_length) if teacher_folder else "packaged"
+    teacher_id = teacher_key(profile.max_length, teacher_folder) if teacher_folder else "packaged"
     key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
     (m2, m3), (s2, s3) = profile.distill_minutes, profile.distill_steps

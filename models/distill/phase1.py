@@ -150,6 +150,18 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     return out / "model"
 
 
+def run_phase1(config: Phase1Config, other_titles: int = 6000, queries_limit: int | None = None) -> tuple[Path | None, dict]:
+    """Train (or resume) phase 1, judge it, say so; the folder if adopted (else None) and the verdict."""
+    folder = finetune_teacher(config)
+    verdict = judge(folder, config.threads, other_titles, queries_limit)
+    verdict["step"] = json.loads((Path(config.out) / "info.json").read_text())["step"]
+    before, after = verdict["original"]["ndcg_at_10"], verdict["finetuned"]["ndcg_at_10"]
+    decision = "adopted" if verdict["adopt"] else "not adopted: the packaged teacher stays"
+    print(f"  phase 1: dev nDCG@10 {before:.4f} -> {after:.4f} ({verdict['ratio']:.3f}x) over "
+          f"{verdict['titles']} titles; {decision}")
+    return (folder if verdict["adopt"] else None), verdict
+
+
 def _finished(out: Path, config: Phase1Config) -> bool:
     """A finished run with the same settings: nothing to train."""
     info_path = out / "info.json"
