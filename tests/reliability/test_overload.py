@@ -65,6 +65,32 @@ async def open_loop(url: str, rate: float, duration: float) -> list[tuple[float,
     return out
 
 
+async def closed_loop_rate(url: str, clients: int = 4, duration: float = 2.0) -> float:
+    """Requests/s the teacher serves with a few clients back to back: its sustainable rate.
+
+    Measured, not derived from one request's latency: with concurrent clients the HTTP work
+    overlaps the encoding, so the server sustains more than 1/latency (CI once saw 48/s
+    against a 29 ms single request)."""
+    import aiohttp
+
+    done = 0
+    async with aiohttp.ClientSession(base_url=url, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        end = time.perf_counter() + duration
+
+        async def worker(w):
+            nonlocal done
+            i = w
+            while time.perf_counter() < end:
+                async with session.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "encoder": "teacher"}) as r:
+                    await r.read()
+                    done += r.status == 200
+                i += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+        return done / (time.perf_counter() - t0)
+
+
 def server_p99(before: dict, after: dict, status: str) -> float:
     """p99 upper bound from the server's own histogram (the SLO's figure), in seconds."""
     from service.metrics import LATENCY_BUCKETS
@@ -82,7 +108,7 @@ def server_p99(before: dict, after: dict, status: str) -> float:
 
 @pytest.fixture(scope="module")
 def tserver(start_server):
-    """Teacher batches of one, so it saturates at about 1/latency (~25-40 requests/s here); default bounds."""
+    """Teacher batches of one, so it saturates at a few tens of requests/s here; default bounds."""
     srv = start_server(teacher_max_batch=1)
     srv.wait_for("/readyz")
     return srv
@@ -92,9 +118,10 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
     rserver = tserver
     client = rserver.client
     single = teacher_latency(client)
+    sustainable = asyncio.run(closed_loop_rate(rserver.url))
     rss_before = rss_mb(rserver.proc.pid)
     before = metrics(rserver)
-    rate = 3.0 / single  # one query per batch: the teacher sustains about 1/single per second
+    rate = 3.0 * sustainable
     duration = 4.0
     t0 = time.perf_counter()
     results = asyncio.run(open_loop(rserver.url, rate, duration))
@@ -109,7 +136,7 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
     served_rate = len(ok) / wall
     p99_ok = float(np.percentile([r[2] for r in ok], 99))
     p99_refused = float(np.percentile([r[2] for r in refused], 99)) if refused else 0.0
-    print(f"\nteacher single {single * 1000:.1f} ms; offered {rate:.0f}/s for {duration:.0f} s ({len(results)} requests); "
+    print(f"\nteacher single {single * 1000:.1f} ms, sustains {sustainable:.1f}/s; offered {rate:.0f}/s for {duration:.0f} s ({len(results)} requests); "
           f"served {len(ok)} ({served_rate:.1f}/s, offered/served {rate / served_rate:.1f}x), refused {len(refused)}; "
           f"client p99 accepted {p99_ok * 1000:.0f} ms, refused {p99_refused * 1000:.1f} ms; "
           f"server p99 accepted <= {server_ok * 1000:.1f} ms, refused <= {server_refused * 1000:.2f} ms; "
@@ -117,7 +144,9 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
 
     assert rserver.proc.poll() is None
     assert not other, other[:5]
-    assert rate / served_rate >= 2.4, "the test did not overload the teacher"
+    # An open loop keeps the queue fuller than the 4 closed-loop clients did, so the server
+    # serves somewhat more here than the measured rate; twice what it serves is still overload.
+    assert rate / served_rate >= 2.0, "the test did not overload the teacher"
     assert len(refused) >= len(results) // 3
     assert all(r[3] == "1" for r in refused)  # Retry-After on every refusal
     # Accepted requests, by the server's histogram (what the SLO alert reads): the queue-wait
