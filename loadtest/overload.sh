@@ -11,7 +11,7 @@ rate="${2:-320}"
 shift 2 || true
 budgets=("${@:-50 10}")
 read -r -a budgets <<< "${budgets[*]}"
-out=runs/overload
+out="${OVERLOAD_OUT:-runs/overload}"  # where the JSON results and server logs go
 mkdir -p "$out"
 port=8793
 for budget in "${budgets[@]}"; do

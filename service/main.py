@@ -121,12 +121,14 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     app.include_router(routes_meta.build_router(service))
     if settings.admin_token is not None:  # no token configured: the admin routes do not exist (404)
         app.include_router(routes_admin.build_router(service, reloader))
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type", "Authorization"])
-    known = {getattr(route, "path", "") for route in app.routes}
+    # Path templates for the metrics' route label of requests answered before routing (413,
+    # 429 at the edge). Included routers do not list their routes in app.routes; the schema does.
+    known = {getattr(route, "path", "") for route in app.routes} | set(app.openapi()["paths"])
     app.add_middleware(EdgeMiddleware, metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes,
                        known_paths=known)
+    if settings.cors_origins:  # added last, so outermost: the edge's own answers (413, 429) carry it too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization"])
     return app
 
 

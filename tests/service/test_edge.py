@@ -1,0 +1,118 @@
+"""Load shedding at the HTTP edge: a request its encoder would refuse is answered 429
+before the framework sees it; anything else reaches the app with its body intact.
+
+The middleware is driven with hand-made ASGI messages around a recording app, with real
+batchers (held busy at a gate, so their queue is full) and real metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import SimpleNamespace
+
+from service.batcher import Batcher
+from service.metrics import Metrics
+from service.middleware import EdgeMiddleware
+from service.serving import AppState
+
+
+class InnerApp:
+    """The app behind the edge: records the bodies it was handed and answers 200."""
+
+    def __init__(self):
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        self.bodies.append(message["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def held_batcher(name: str, metrics: Metrics, gate: threading.Event, entered: threading.Event) -> Batcher:
+    def fn(jobs):
+        entered.set()
+        gate.wait(10)
+        return [None for _ in jobs]
+
+    return Batcher(name, fn, max_batch=1, queue_size=1, metrics=metrics)
+
+
+async def post(app, path: str, body: bytes):
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
+    chunks = [{"type": "http.request", "body": body[:3], "more_body": True},
+              {"type": "http.request", "body": body[3:], "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass():
+    async def main():
+        metrics, state, inner = Metrics(), AppState(), InnerApp()
+        gate, entered = threading.Event(), threading.Event()
+        student = held_batcher("student", metrics, gate, entered)
+        teacher = held_batcher("teacher", metrics, gate, entered)
+        loop = asyncio.get_running_loop()
+        student.start(loop)
+        teacher.start(loop)
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student),
+                                               "teacher": SimpleNamespace(batcher=teacher)})
+        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
+                              known_paths={"/v1/search", "/v1/embed"})
+
+        # Not ready yet: the edge does not judge, the app answers (503 there).
+        state.phase = "loading"
+        assert (await post(edge, "/v1/search", b'{"query": "drill"}'))[0] == 200
+        state.phase = "ready"
+
+        busy = student.submit("running")  # held in the worker
+        await asyncio.to_thread(entered.wait, 10)
+        queued = student.submit("queued")  # fills the queue of one
+        shed = await post(edge, "/v1/search", b'{"query": "drill"}')  # default encoder: student
+        shed_embed = await post(edge, "/v1/embed", b'{"queries": ["drill"], "encoder": "student"}')
+        to_teacher = await post(edge, "/v1/search", b'{"query": "drill", "encoder": "teacher"}')
+        not_json = await post(edge, "/v1/search", b'{"query": ')
+        unknown = await post(edge, "/v1/search", b'{"query": "drill", "encoder": "giant"}')
+        gate.set()
+        await asyncio.gather(busy, queued)
+        await student.close()
+        await teacher.close()
+        return metrics, inner, shed, shed_embed, to_teacher, not_json, unknown
+
+    metrics, inner, shed, shed_embed, to_teacher, not_json, unknown = asyncio.run(asyncio.wait_for(main(), 20))
+    for status, headers, body in (shed, shed_embed):
+        assert status == 429 and headers["retry-after"] == "1", (status, headers)
+        error = json.loads(body)["error"]
+        assert error["code"] == "queue_full" and "queue is full" in error["message"]
+    # The teacher had room; bad JSON and unknown encoders are for the route to explain.
+    assert [r[0] for r in (to_teacher, not_json, unknown)] == [200, 200, 200]
+    assert inner.bodies == [b'{"query": "drill"}', b'{"query": "drill", "encoder": "teacher"}',
+                            b'{"query": ', b'{"query": "drill", "encoder": "giant"}']
+
+    def sample(name, **labels):
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    assert sample("hlm_rejected_total", encoder="student", reason="queue_full") == 2
+    assert sample("hlm_request_duration_seconds_count", route="/v1/search", encoder="student", status="429") == 1
+    assert sample("hlm_request_duration_seconds_count", route="/v1/embed", encoder="student", status="429") == 1
+
+
+def test_a_body_over_the_limit_without_a_length_is_refused_at_the_edge():
+    metrics, state, inner = Metrics(), AppState(), InnerApp()
+    edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=10, known_paths={"/v1/search"})
+    status, _, body = asyncio.run(post(edge, "/v1/search", b'{"query": "a much longer query"}'))
+    assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
+    assert inner.bodies == []
