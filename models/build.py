@@ -315,7 +315,8 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     (m2, m3), (s2, s3) = profile.distill_minutes, profile.distill_steps
     done = run_phases(
         profile.student, data, out_root, profile.distill_phases,
-        phase2={"minutes": m2, "max_steps": s2}, phase3={"minutes": m3, "max_steps": s3, "kl_weight": profile.distill_kl}, threads=threads,
+        phase2={"minutes": m2, "max_steps": s2}, phase3={"minutes": m3, "max_steps": s3, "kl_weight": profile.distill_kl,
+                                                    "l2_weight": profile.distill_l2}, threads=threads,
         teacher_folder=teacher_folder,
     )
     return done.get("phase3") or done["phase2"]

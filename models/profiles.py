@@ -41,6 +41,10 @@ class Profile:
     # Phase 3's ranking-KL weight (teacher's scores over the batch's candidates as soft
     # labels): lifted mpnet-l2 from 0.927 to 0.941 of the teacher (docs/RESULTS.md).
     distill_kl: float = 1.0
+    # Phase 3's share of the L2 term. 0 since session 3: at equal steps mpnet-l2 kept 0.944
+    # of the teacher without it against 0.913 with it, and its web overlap rose too; on the
+    # full build's student 800 more steps gave 0.906 without it, 0.900 with (docs/RESULTS.md).
+    distill_l2: float = 0.0
     # Phase 1 (when "1" is in distill_phases): the teacher's fine-tune on judged train
     # pairs, adopted only if it raises the teacher's dev nDCG@10 (models/distill/phase1.py).
     phase1_minutes: float = 17.0
