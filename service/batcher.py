@@ -69,6 +69,8 @@ class Batcher:
         self._queued_queries = 0  # sum of the sizes of the queued jobs
         # Measured seconds per query of recent batches (EWMA); 0 until the first batch.
         self.cost_per_query = 0.0
+        # When the batch now running should end (its queries x the cost per query); 0 when idle.
+        self._busy_until = 0.0
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -109,8 +111,10 @@ class Batcher:
         return True
 
     def expected_wait_s(self) -> float:
-        """What the work already queued should take, from the measured cost per query."""
-        return self._queued_queries * self.cost_per_query
+        """How long a request queued now should wait for its batch to start: the rest of
+        the batch now running plus the work already queued, from the measured cost per query."""
+        running = max(0.0, self._busy_until - time.perf_counter()) if self._busy_until else 0.0
+        return running + self._queued_queries * self.cost_per_query
 
     def admit(self) -> None:
         """Raise the refusal a job would get now (counted in the metrics), queue nothing.
@@ -137,11 +141,12 @@ class Batcher:
                 code="queue_full", headers={"Retry-After": self.retry_after},
             )
         # Time bound: refuse at once rather than accept a request that would wait past
-        # the budget: the work already queued plus the event loop's lag. With an empty
-        # queue and a loop on time nothing is refused, so one request always runs.
+        # the budget: the rest of the running batch and the work already queued, plus the
+        # event loop's lag. An idle worker with a loop on time refuses nobody, so one
+        # request always runs.
         if self.max_queue_wait_s:
             lag = self.lag_s() if self.lag_s is not None else 0.0
-            queued = self.expected_wait_s() if self._queue else 0.0
+            queued = self.expected_wait_s()
             if queued + lag > self.max_queue_wait_s:
                 if count and self.metrics is not None:
                     (self._m_lag if queued < lag else self._m_full).inc()
@@ -220,16 +225,19 @@ class Batcher:
                     if job.future is not None:
                         self._m_wait.observe(now - job.enqueued)
                 self._m_batch.observe(sum(job.size for job in live))
+            queries = sum(job.size for job in live)
             t0 = time.perf_counter()
+            with self._cond:
+                self._busy_until = t0 + queries * self.cost_per_query
             try:
                 results = self.fn(live)
                 error = None
             except BaseException as exc:  # resolve every waiter, never kill the worker
                 log.error("the %s batch of %d jobs failed", self.name, len(live), exc_info=exc)
                 results, error = None, exc
-            queries = sum(job.size for job in live)
             cost = (time.perf_counter() - t0) / max(1, queries)
             with self._cond:
+                self._busy_until = 0.0
                 self.cost_per_query = cost if not self.cost_per_query else 0.8 * self.cost_per_query + 0.2 * cost
             waiting = []
             for i, job in enumerate(live):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -180,3 +181,34 @@ def test_event_loop_lag_counts_against_the_queue_budget():
     assert "30 ms of event-loop delay" in error.message
     assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "loop_lag"}) == 1
     assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "queue_full"}) == 0
+
+
+def test_the_rest_of_the_running_batch_counts_against_the_queue_budget():
+    """An empty queue behind a batch that will run for longer than the budget is refused."""
+    started = threading.Event()
+
+    def slow(jobs):  # 60 ms a query: the measured cost per query
+        started.set()
+        time.sleep(0.06 * len(jobs))
+        return [f"r{job.payload}" for job in jobs]
+
+    async def main():
+        metrics = Metrics()
+        b = Batcher("student", slow, max_batch=4, max_queue_wait_s=0.03, metrics=metrics)
+        b.start(asyncio.get_running_loop())
+        assert await b.submit("first") == "rfirst"  # measures the cost
+        started.clear()
+        second = b.submit("second")
+        await asyncio.to_thread(started.wait, 10)
+        assert b.qsize() == 0 and b.expected_wait_s() > 0.03
+        with pytest.raises(Overloaded) as info:
+            b.submit("behind a long batch")
+        assert await second == "rsecond"
+        assert b.expected_wait_s() == 0.0
+        assert await b.submit("after it") == "rafter it"
+        await b.close()
+        return info.value, metrics
+
+    error, metrics = run(main())
+    assert error.status == 429 and "ms of work queued" in error.message
+    assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "queue_full"}) == 1
