@@ -24,6 +24,8 @@ def build(
     if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing if a verified artifact is already there."),
     gate_share: float = typer.Option(0.98, help="Share of the teacher's dev nDCG@10 the student must keep to be servable."),
     allow_below_gate: bool = typer.Option(False, help="Mark the artifact servable even if the student fails the gate."),
+    student: Optional[str] = typer.Option(None, help="Train this student instead of the profile's "
+                                          "(minilm-l6, minilm-l3, mpnet-l2, mpnet-l3, mpnet-l4)."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
@@ -41,7 +43,12 @@ def build(
     from models.build import build as run_build
 
     try:
-        run_build(get_profile(profile), out, data_dir, student_checkpoint, threads, gate_share, allow_below_gate)
+        if student is not None:
+            from models.distill.students import get_spec
+
+            get_spec(student)  # an unknown name stops here, before any work
+        run_build(get_profile(profile, student=student), out, data_dir, student_checkpoint, threads, gate_share,
+                  allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:
         typer.echo(f"hlm build: {exc}", err=True)
         raise typer.Exit(2)

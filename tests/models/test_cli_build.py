@@ -1,0 +1,22 @@
+"""`hlm build --student`: a study variant through the build; a wrong name stops before any work."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from hlm.cli import app
+from models.profiles import get_profile
+
+
+def test_an_unknown_student_is_refused_with_the_choices(tmp_path):
+    result = CliRunner().invoke(app, ["build", "--profile", "small", "--student", "giant", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    assert "unknown student 'giant'" in result.output and "mpnet-l3" in result.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_student_option_overrides_only_the_profiles_student():
+    full, l3 = get_profile("full"), get_profile("full", student="mpnet-l3")
+    assert l3.student == "mpnet-l3" and full.student == "mpnet-l2"
+    assert l3.distill_phases == full.distill_phases and l3.distill_minutes == full.distill_minutes
+    assert get_profile("full", student=None) == full
