@@ -11,6 +11,8 @@
   took most of the event loop's time, and most of the requests it carried were refusals;
   the loop's time belongs to the requests it can serve. Anything this cannot judge (not
   ready, not JSON, an unknown encoder) goes on to the route, which gives the full answer.
+  The body is not validated here, so while its encoder is refusing work an invalid request
+  gets the 429, not its 422.
 - Last line of defence: an exception nothing else handled is logged with its traceback
   here and answered with a JSON 500 that carries no details.
 - Start-up refusals: the lifespan's one-sentence reason replaces the traceback Starlette
