@@ -152,16 +152,16 @@ class _ClientLeft(ServiceError):
 
 async def _read_body(receive, limit: int) -> tuple[bytes, Optional[ServiceError]]:
     """The whole body (at most ``limit`` bytes), or the reason there is none."""
-    chunks, received = [], 0
+    receive = _limited(receive, limit)
+    chunks = []
     while True:
-        message = await receive()
+        try:
+            message = await receive()
+        except BodyTooLarge as exc:
+            return b"", exc
         if message["type"] == "http.disconnect":
             return b"", _ClientLeft("The client closed the connection before sending its body.")
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            return b"", BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), None
 

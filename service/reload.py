@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -122,34 +123,21 @@ class Reloader:
 RELOAD_NICENESS = 10
 
 
+def _lower_this_threads_priority() -> None:
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + RELOAD_NICENESS))
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
+
+
 async def in_low_priority_thread(fn, *args):
     """``fn(*args)`` in a fresh thread at lower CPU priority (Linux: niceness is per thread)."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def settle(result=None, error=None):
-        if future.done():  # the awaiting coroutine was cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run():
-        try:
-            me = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + RELOAD_NICENESS))
-        except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
-            pass
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result)
-
-    threading.Thread(target=run, name="hlm-reload", daemon=True).start()
-    return await future
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hlm-reload", initializer=_lower_this_threads_priority)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    finally:
+        pool.shutdown(wait=False)  # never block the loop; the thread ends with its work
 
 
 def _still_same(root: Path, manifest: dict[str, Any]) -> None:
