@@ -67,11 +67,13 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
        /opt/venv/bin/pip wheel --wheel-dir /wheels --no-binary hnswlib -r requirements.txt \
     && /opt/venv/bin/pip install --no-index --find-links /wheels -r requirements.txt
 
-# The project itself (hlm CLI, service, models/manifest.py), as a wheel for the runtime.
+# The project itself, only what serving needs: the CLI, the artifact contract, the torch-free
+# backends and the service (no models/, no benchmarks/), as a wheel for the runtime.
 COPY README.md* ./
 COPY hlm ./hlm
 COPY service ./service
-COPY models ./models
+COPY artifact ./artifact
+COPY retrieval ./retrieval
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels/project .

@@ -29,7 +29,7 @@ def build(
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
-    from models.manifest import ArtifactError, verify
+    from artifact.manifest import ArtifactError, verify
     from models.profiles import get_profile
 
     out = out or Path("artifacts") / profile
@@ -149,19 +149,16 @@ def loadtest_cmd(ctx: typer.Context) -> None:
 
 @app.command("bench-encoders", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_encoders(ctx: typer.Context) -> None:
-    """Encoder-alone latency and throughput, teacher vs student (loadtest/encoder_bench.py)."""
-    import sys
+    """Encoder-alone latency and throughput, teacher vs student (benchmarks/encoder_bench.py)."""
+    from benchmarks import encoder_bench
 
-    from loadtest import encoder_bench
-
-    sys.argv = ["hlm bench-encoders", *ctx.args]
-    encoder_bench.main()
+    encoder_bench.main(list(ctx.args))
 
 
 @app.command("verify")
 def verify_cmd(artifact: Path = typer.Argument(Path("artifacts/demo"))) -> None:
     """Check an artifact folder against its manifest (files, checksums, dimensions)."""
-    from models.manifest import ArtifactError, verify
+    from artifact.manifest import ArtifactError, verify
 
     try:
         manifest = verify(artifact)

@@ -28,11 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from models import data as data_mod
-from models.embedding_cache import EmbeddingCache
-from models.manifest import sha256_file, staged_folder, verify, write_manifest
+from models.embedding_cache import EmbeddingCache, cached_encode, model_key
+from artifact.manifest import sha256_file, staged_folder, verify, write_manifest
 from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir
 from models.profiles import Profile
 from models.splits import split_of
@@ -120,12 +119,6 @@ def _interleave(a: list[str], b: list[str], limit: int | None) -> list[str]:
     return out[:limit] if limit is not None else out
 
 
-def _model_key(name: str, folder: Path, max_length: int) -> str:
-    marker = folder / ".complete"
-    digest = marker.read_text().strip() if marker.is_file() else sha256_file(folder / "model.safetensors")
-    return f"{name}-{digest[:16]}-L{max_length}"
-
-
 class Timer:
     def __init__(self):
         self.steps: dict[str, float] = {}
@@ -146,11 +139,6 @@ class Timer:
         return _Step()
 
 
-def cached_encode(encoder, cache: EmbeddingCache, texts: list[str], label: str) -> np.ndarray:
-    with tqdm(total=len(texts), desc=f"encode {label}", unit="text", mininterval=2) as bar:
-        return cache.encode(texts, lambda batch: encoder.encode_many(batch, 64), progress=bar.update)
-
-
 def build(
     profile: Profile,
     out_dir: Path,
@@ -166,9 +154,10 @@ def build(
     from models import export as export_mod
     from models.encoders import load_teacher, tokenizer_path
     from models.distill.teacher_vectors import teacher_key
-    from models.index_build import build_hnsw, ef_for_recall, hnsw_recall
-    from service.encoder import OnnxEncoder
-    from service.index import write_store
+    from retrieval.exact import ef_for_recall
+    from retrieval.hnsw import build_hnsw, graph_recall
+    from retrieval.onnx_encoder import OnnxEncoder
+    from artifact.store import write_store
 
     torch.set_num_threads(threads)
     timer = Timer()
@@ -240,8 +229,9 @@ def build(
                 inputs.heldout_queries, heldout_teacher, keyword_vectors,
                 {"student_fp32": student, "student_int8": student8},
             )
-            summary["hnsw_recall_at_10"] = round(hnsw_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
-            summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(index, keyword_vectors, heldout_teacher)
+            summary["hnsw_recall_at_10"] = round(graph_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
+            summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(
+                lambda ef: graph_recall(index, keyword_vectors, heldout_teacher, 10, ef))
             summary["parity"] = parity
             if phase1 is not None:
                 summary["phase1"] = phase1
@@ -330,7 +320,7 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
     from models.encoders import load_student_base, tokenizer_path
     from models.export import export_onnx
     from models.student_linear import attach_projection, fit_projection
-    from service.encoder import OnnxEncoder
+    from retrieval.onnx_encoder import OnnxEncoder
 
     if checkpoint is not None:
         from models.distill.checkpoint import load_student_checkpoint, read_spec
@@ -343,7 +333,7 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
     base = load_student_base()
     # The base model's own vectors of the fit texts, via a temporary ONNX export (bulk
     # encoding is several times faster in ONNX Runtime than in eager PyTorch).
-    base_key = _model_key("minilm-l6", student_base_dir(), profile.max_length)
+    base_key = model_key("minilm-l6", student_base_dir(), profile.max_length)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,7 +369,7 @@ def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
 
 
 def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
-    from models.index_build import exact_top_k
+    from retrieval.exact import exact_top_k
     from models.metrics import overlap_at_k
 
     k = min(10, len(keyword_vectors))

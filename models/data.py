@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import os
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from artifact.text import normalise_text  # noqa: F401  (re-exported: the readers' one normalisation)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -30,14 +31,6 @@ def data_dir() -> Path:
     return Path(os.environ.get("HLM_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
-_WHITESPACE = re.compile(r"\s+")
-
-
-def normalise_text(text: str) -> str:
-    """NFC, control characters to spaces, runs of whitespace to one space, trimmed."""
-    text = unicodedata.normalize("NFC", text)
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
-    return _WHITESPACE.sub(" ", text).strip()
 
 
 @dataclass

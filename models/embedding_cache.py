@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from artifact.manifest import sha256_file
 from models.model_files import CACHE_DIR
 
 
@@ -88,3 +90,16 @@ class EmbeddingCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def model_key(name: str, folder: Path, max_length: int) -> str:
+    """The cache key of a model folder: its weights' digest and the token limit."""
+    marker = folder / ".complete"
+    digest = marker.read_text().strip() if marker.is_file() else sha256_file(folder / "model.safetensors")
+    return f"{name}-{digest[:16]}-L{max_length}"
+
+
+def cached_encode(encoder, cache: EmbeddingCache, texts: list[str], label: str) -> np.ndarray:
+    """Encode what the cache lacks (bulk, length-sorted), with a progress bar."""
+    with tqdm(total=len(texts), desc=f"encode {label}", unit="text", mininterval=2) as bar:
+        return cache.encode(texts, lambda batch: encoder.encode_many(batch, 64), progress=bar.update)

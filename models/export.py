@@ -24,7 +24,7 @@ ONNX_OPSET = 17
 
 
 def export_onnx(model: SentenceEncoder, path: Path, tokenizer_json: Path) -> None:
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_json)
     sample = tokenizer.encode_batch(["a sample query", "a second, longer sample query text"])
@@ -67,7 +67,7 @@ def quantize_int8(source: Path, target: Path, exclude_nodes: Sequence[str] = ())
 
 
 def torch_encode(model: SentenceEncoder, tokenizer_json: Path, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_json)
     out = []
@@ -90,7 +90,7 @@ def cosine_parity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def copy_tokenizer(source_json: Path, target_json: Path, max_length: int) -> None:
     """Copy tokenizer.json with fixed-length padding off and truncation at max_length."""
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
 
     target_json.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(source_json, max_length)

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from models.manifest import sha256_file
+from artifact.manifest import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("HLM_CACHE_DIR") or REPO_ROOT / ".cache")

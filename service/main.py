@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from models.manifest import ArtifactError
+from artifact.manifest import ArtifactError
 from service.api import routes_admin, routes_meta, routes_search
 from service.errors import install_handlers
 from service.metrics import Metrics

@@ -9,20 +9,15 @@ them in OpenAPI.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+# Queries get the same normalisation as training and keyword texts (artifact/text.py): control
+# characters, zero-width marks and lone surrogates become spaces; a query left empty is refused.
+from artifact.text import normalise_text
+
 EncoderName = Literal["student", "teacher"]
-
-# C0/C1 control characters and lone surrogates (which a JSON "\ud800" escape can carry and
-# which no tokenizer accepts) become spaces; the query is still answered.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]+")
-
-
-def clean_query(text: str) -> str:
-    return _CONTROL.sub(" ", text).strip()
 
 
 def _limits(info: ValidationInfo):
@@ -59,7 +54,7 @@ class _QueriesIn(BaseModel):
             where = "query" if self.query is not None else f"queries[{i}]"
             if limits and len(text) > limits.max_query_chars:
                 raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
-            text = clean_query(text)
+            text = normalise_text(text)
             if not text:
                 raise ValueError(f"{where} is empty or whitespace only")
             cleaned.append(text)
@@ -68,7 +63,7 @@ class _QueriesIn(BaseModel):
 
     @property
     def texts(self) -> list[str]:
-        """The queries after clean-up (control characters replaced, ends stripped)."""
+        """The queries after ``normalise_text`` (the same clean-up training texts get)."""
         return self._texts
 
 

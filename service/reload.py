@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from models.manifest import ArtifactError, read_manifest
+from artifact.manifest import ArtifactError, read_manifest
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.runtime import Runtime, load_manifest, resolve_artifact

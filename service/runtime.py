@@ -18,11 +18,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from models.manifest import ArtifactError, verify
+from artifact.manifest import ArtifactError, encoder_model, verify
+from retrieval.hnsw import HnswIndex
+from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job
 from service.looplag import LoopLagMonitor
-from service.encoder import OnnxEncoder
-from service.index import KeywordIndex
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -111,7 +111,7 @@ class Runtime:
         self.metrics = metrics
         self.precision = student_precision(settings, manifest)
         self.slots: dict[str, EncoderSlot] = {}
-        self.index: Optional[KeywordIndex] = None
+        self.index: Optional[HnswIndex] = None
         self.default_ef = settings.ef or int(manifest["index"].get("ef") or 64)
         self.loop_lag: Optional[LoopLagMonitor] = None
 
@@ -124,7 +124,7 @@ class Runtime:
         for name in encoders:
             spec = enc[name]
             precision = self.precision if name == "student" else "fp32"
-            model = spec["onnx_int8"] if precision == "int8" else spec["onnx"]
+            model = encoder_model(spec, precision)
             t0 = time.perf_counter()
             try:
                 encoder = OnnxEncoder(root / model, root / spec["tokenizer"], int(spec.get("max_length") or 128),
@@ -151,18 +151,15 @@ class Runtime:
             self.slots[name] = slot
         idx = self.manifest["index"]
         try:
-            self.index = KeywordIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
+            self.index = HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ArtifactError(f"The index {idx['path']} cannot be loaded ({str(exc).rstrip('.')}).") from None
         if idx.get("count") is not None and int(idx["count"]) != len(self.index):
             raise ArtifactError(f"The index holds {len(self.index)} keywords but the manifest says {idx['count']}.")
-        # Stored vectors are L2-normalised: norms away from 1 mean the graph was read with
-        # the wrong dimension (hnswlib does not check it) and would answer nonsense.
-        n = len(self.index)
-        norms = np.linalg.norm(self.index.graph.get_items(sorted({0, n // 2, n - 1})), axis=1) if n else np.ones(1)
-        if not np.allclose(norms, 1.0, atol=1e-2):
-            raise ArtifactError(f"The index {idx['path']} does not hold {idx['dim']}-d unit vectors "
-                                f"(norms {', '.join(f'{n:.3f}' for n in norms)}): its dimension does not match the manifest.")
+        try:
+            self.index.verify()
+        except ValueError as exc:
+            raise ArtifactError(f"The index {idx['path']} cannot be served: {exc}.") from None
         log.info("index: %d keywords, dim %d, ef %d", len(self.index), self.index.dim, self.default_ef)
 
     def warm_up(self) -> None:

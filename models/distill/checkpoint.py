@@ -13,7 +13,7 @@ import torch
 
 from models.distill.students import StudentSpec, make_student
 from models.encoders import SentenceEncoder
-from models.manifest import staged_folder
+from artifact.manifest import staged_folder
 
 
 def save_checkpoint(folder: Path, model: SentenceEncoder, spec: StudentSpec, info: dict, state: dict | None = None) -> None:

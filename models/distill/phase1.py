@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models import data as data_mod
-from models.manifest import sha256_file, staged_folder
+from artifact.manifest import sha256_file, staged_folder
 from models.metrics import RELEVANT
 from models.splits import split_of
 
@@ -78,7 +78,7 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     from models.distill.train import _schedule, _tokenize, optimizer_step
     from models.encoders import load_teacher, tokenizer_path
     from models.model_files import teacher_dir
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
     from tqdm import tqdm
 
     torch.set_num_threads(config.threads)
@@ -116,7 +116,7 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
                 if (teacher_dir() / name).is_file():
                     shutil.copy2(teacher_dir() / name, tmp / "model" / name)
-            # The marker the embedding cache keys on (models.build._model_key).
+            # The marker the embedding cache keys on (models.embedding_cache.model_key).
             (tmp / "model" / ".complete").write_text(sha256_file(tmp / "model" / "model.safetensors") + "\n")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                         "elapsed_s": elapsed, "history": history}, tmp / "state.pt")

@@ -26,7 +26,7 @@ from models.student_linear import fit_projection
 
 def torch_encoder(model: SentenceEncoder, tokenizer: str, batch_size: int = 128):
     """A bulk encode function over a PyTorch student (length-sorted batches)."""
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path(tokenizer))
 

@@ -13,7 +13,7 @@ import numpy as np
 from models import data as data_mod
 from models.distill.teacher_vectors import TeacherVectors
 from models.distill.train import TrainingData
-from models.index_build import exact_top_k
+from retrieval.exact import exact_top_k
 from models.metrics import RELEVANT
 from models.splits import split_of
 

@@ -21,25 +21,25 @@ def raw_minilm_encoder(threads: int = 2):
     """all-MiniLM-L6-v2 in its own 384-d space (what a user gets with no distillation)."""
     import tempfile
 
-    from models.build import _model_key, cached_encode
+    from models.embedding_cache import cached_encode, model_key
     from models.encoders import load_student_base, tokenizer_path
     from models.export import export_onnx
     from models.model_files import student_base_dir
-    from service.encoder import OnnxEncoder
+    from retrieval.onnx_encoder import OnnxEncoder
 
     tmp = Path(tempfile.mkdtemp())
     export_onnx(load_student_base(), tmp / "base.onnx", tokenizer_path("student"))
     encoder = OnnxEncoder(tmp / "base.onnx", tokenizer_path("student"), 128, threads)
-    cache = EmbeddingCache(_model_key("minilm-l6", student_base_dir(), 128), encoder.dim)
+    cache = EmbeddingCache(model_key("minilm-l6", student_base_dir(), 128), encoder.dim)
     return lambda texts: cached_encode(encoder, cache, list(texts), "raw MiniLM")
 
 
 def onnx_encoder(artifact: Path, precision: str, threads: int = 2):
-    from models.manifest import verify
-    from service.encoder import OnnxEncoder
+    from artifact.manifest import encoder_model, verify
+    from retrieval.onnx_encoder import OnnxEncoder
 
     enc = verify(artifact, checksums=False)["encoders"]["student"]
-    model = enc["onnx_int8"] if precision == "int8" else enc["onnx"]
+    model = encoder_model(enc, precision)
     encoder = OnnxEncoder(artifact / model, artifact / enc["tokenizer"], enc["max_length"], threads)
     return lambda texts: encoder.encode_many(list(texts))
 
@@ -88,7 +88,7 @@ def evaluate_all(
         rows[name] = judged.score(encode)
         rows[name].update(agreement(encode(web), web_teacher, keywords))
     for folder in onnx_dirs:  # `hlm export-student` output: the precisions as served
-        from service.encoder import OnnxEncoder
+        from retrieval.onnx_encoder import OnnxEncoder
 
         for precision, model in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
             encoder = OnnxEncoder(Path(folder) / model, Path(folder) / "tokenizer.json", 128, threads)

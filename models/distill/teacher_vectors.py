@@ -22,9 +22,9 @@ MAX_LENGTH = 128
 
 def teacher_key(max_length: int = MAX_LENGTH, folder: Path | None = None) -> str:
     """The cache key of a teacher: the packaged one, or a phase-1 fine-tune's folder."""
-    from models.build import _model_key
+    from models.embedding_cache import model_key
 
-    return _model_key("mpnet", Path(folder) if folder else teacher_dir(), max_length)
+    return model_key("mpnet", Path(folder) if folder else teacher_dir(), max_length)
 
 
 @lru_cache(maxsize=4)
@@ -53,13 +53,13 @@ class TeacherVectors:
     def encoder(self):
         if self._encoder is None:
             from models.encoders import tokenizer_path
-            from service.encoder import OnnxEncoder
+            from retrieval.onnx_encoder import OnnxEncoder
 
             self._encoder = OnnxEncoder(teacher_onnx_path(self.folder), tokenizer_path("teacher"), MAX_LENGTH, self.threads)
         return self._encoder
 
     def __call__(self, texts: Sequence[str], label: str = "teacher") -> np.ndarray:
-        from models.build import cached_encode
+        from models.embedding_cache import cached_encode
 
         texts = list(texts)
         missing = len(texts) - len(self.cache.get_many(texts))

@@ -87,7 +87,7 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 
 def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> Path:
-    from service.encoder import load_tokenizer
+    from retrieval.onnx_encoder import load_tokenizer
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

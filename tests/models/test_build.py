@@ -6,22 +6,22 @@ import shutil
 import numpy as np
 import pytest
 
-from models.manifest import ArtifactError, verify
-from service.encoder import OnnxEncoder
-from service.index import KeywordIndex
+from artifact.manifest import ArtifactError, encoder_model, verify
+from retrieval.onnx_encoder import OnnxEncoder
+from retrieval.hnsw import HnswIndex
 
 pytestmark = pytest.mark.slow
 
 
 def open_encoder(root, name, precision="fp32"):
     enc = verify(root, checksums=False)["encoders"][name]
-    model = enc["onnx_int8"] if precision == "int8" else enc["onnx"]
+    model = encoder_model(enc, precision)
     return OnnxEncoder(root / model, root / enc["tokenizer"], enc["max_length"])
 
 
 def open_index(root):
     m = verify(root, checksums=False)["index"]
-    return KeywordIndex(root / m["path"], root / m["store"], m["dim"], m["ef"])
+    return HnswIndex(root / m["path"], root / m["store"], m["dim"], m["ef"])
 
 
 def test_artifact_verifies_and_describes_itself(small_artifact):

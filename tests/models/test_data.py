@@ -89,3 +89,17 @@ def test_sample_data_loads(data_dir):
     assert len(set(products.ids)) == len(products)
     msmarco = load_sample("msmarco", directory=data_dir)
     assert msmarco.report.dropped_duplicate_id > 0  # the real file reuses some ids
+
+
+def test_training_texts_and_served_queries_get_one_normalisation(tmp_path):
+    """A query typed by a user reaches the tokenizer as the same string the data loader
+    gives the same words in a training file (one function, artifact/text.py)."""
+    from service.protocol import SearchRequest
+    from service.settings import Settings
+
+    raw = "  Cordless\u200b  drill\t18v\x00 cafe\u0301 "
+    path = tmp_path / "q.tsv"
+    path.write_text("id\tquery\n1\t" + raw.replace("\t", " ") + "\n", encoding="utf-8")
+    loaded = load_texts(path, id_column="id", text_column="query").texts[0]
+    served = SearchRequest.model_validate({"query": raw.replace("\t", " ")}, context={"settings": Settings()}).texts[0]
+    assert loaded == served == normalise_text(raw) == "Cordless drill 18v caf\u00e9"

@@ -13,7 +13,7 @@ from models.distill.train import TrainConfig, train
 from models.encoders import tokenizer_path
 from models.export import cosine_parity, export_onnx, torch_encode
 from models.splits import split_of
-from service.encoder import OnnxEncoder
+from retrieval.onnx_encoder import OnnxEncoder
 
 pytestmark = pytest.mark.slow
 

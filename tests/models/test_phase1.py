@@ -14,7 +14,7 @@ from models.distill.teacher_vectors import teacher_key
 from models.encoders import load_teacher, tokenizer_path
 from models.metrics import RELEVANT
 from models.splits import split_of
-from service.encoder import load_tokenizer
+from retrieval.onnx_encoder import load_tokenizer
 
 pytestmark = pytest.mark.slow
 

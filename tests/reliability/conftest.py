@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 
 from http_helpers import Server, start_server  # noqa: E402,F401 - start_server is a fixture
 
-from models.manifest import MANIFEST_NAME, artifact_hash, sha256_file  # noqa: E402
+from artifact.manifest import MANIFEST_NAME, artifact_hash, sha256_file  # noqa: E402
 
 TOKEN = "hlm-test-admin-token-7f3c9a"
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from models.manifest import ArtifactError
+from artifact.manifest import ArtifactError
 from service.metrics import Metrics
 from service.runtime import Runtime, load_manifest
 from service.settings import Settings

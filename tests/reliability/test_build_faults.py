@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from models.manifest import ArtifactError, verify
+from artifact.manifest import ArtifactError, verify
 
 from .conftest import clone_artifact
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import ValidationError
 
-from models.data import normalise_text
+from artifact.text import normalise_text
 from service.batcher import Job
 from service.metrics import Metrics
-from service.protocol import EmbedRequest, SearchRequest, clean_query
+from service.protocol import EmbedRequest, SearchRequest
 from service.runtime import Query, Runtime, load_manifest
 from service.serving import parse
 from service.settings import Settings
@@ -33,13 +33,12 @@ texts = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(ODD)), max_s
 
 
 @given(texts)
-def test_clean_query_leaves_no_control_characters_and_is_idempotent(text):
-    out = clean_query(text)
+def test_normalise_text_leaves_no_control_or_invisible_characters(text):
+    out = normalise_text(text)
     assert out == out.strip()
-    assert not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in out)
-    assert clean_query(out) == out
-    # Everything that is not a control character, surrogate or line separator survives, in order.
-    kept = [ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cs") and ch not in "\u2028\u2029"]
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in out)
+    # Everything visible survives, in order (compared after NFC, which may compose marks).
+    kept = [ch for ch in unicodedata.normalize("NFC", text) if unicodedata.category(ch) not in ("Cc", "Cf", "Cs")]
     assert "".join(ch for ch in out if not ch.isspace()) == "".join(ch for ch in kept if not ch.isspace())
 
 
@@ -75,7 +74,7 @@ def test_request_models_accept_only_what_they_promise(model, body):
         return  # a 422 with a sentence; never any other exception
     limits = CTX["settings"]
     assert 1 <= len(req.texts) <= limits.max_queries
-    assert all(t and t == clean_query(t) for t in req.texts)
+    assert all(t and t == normalise_text(t) for t in req.texts)
     assert req.encoder in ("student", "teacher")
     if model is SearchRequest:
         assert req.k is None or 1 <= req.k <= limits.max_k

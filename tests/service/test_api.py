@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.encoder import OnnxEncoder
-from service.index import KeywordIndex
+from retrieval.onnx_encoder import OnnxEncoder
+from retrieval.hnsw import HnswIndex
 from service.metrics import LATENCY_BUCKETS
 from http_helpers import error_of, metrics, value
 
@@ -36,7 +36,7 @@ def direct(small_artifact):
         "student": OnnxEncoder(root / enc["student"]["onnx_int8"], root / enc["student"]["tokenizer"]),
         "teacher": OnnxEncoder(root / enc["teacher"]["onnx"], root / enc["teacher"]["tokenizer"]),
     }
-    index = KeywordIndex(root / "index/keywords.hnsw", root / "index/keywords.tsv", manifest["index"]["dim"],
+    index = HnswIndex(root / "index/keywords.hnsw", root / "index/keywords.tsv", manifest["index"]["dim"],
                          manifest["index"]["ef"])
     return encoders, index
 

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.errors import describe_validation
-from service.protocol import EmbedRequest, SearchRequest, clean_query
+from artifact.text import normalise_text
+from service.protocol import EmbedRequest, SearchRequest
 from service.serving import parse
 from service.settings import Settings
 
@@ -31,7 +32,7 @@ def test_single_and_batch():
 
 
 def test_control_characters_and_surrogates_are_replaced():
-    assert clean_query("\x00dr\x07ill\x1b[0m\x85 saw\t") == "dr ill [0m  saw"
+    assert normalise_text("\x00dr\x07ill\x1b[0m\x85 saw\t") == "dr ill [0m saw"
     assert ok(b'{"query": "\\u0000 drill \\ud800"}').texts == ["drill"]
 
 
@@ -70,3 +71,8 @@ def test_invalid_bodies(body, words):
 def test_embed_request_has_no_k():
     assert "Extra inputs" in bad(b'{"query": "a", "k": 3}', EmbedRequest)
     assert parse(EmbedRequest, b'{"queries": ["a"]}', CTX).texts == ["a"]
+
+
+def test_a_query_of_only_zero_width_characters_is_refused_as_empty():
+    with pytest.raises(ValidationError, match="empty"):
+        SearchRequest.model_validate_json('{"query": "\u200b\u200d\ufeff"}', context=CTX)

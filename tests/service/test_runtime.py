@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from service.batcher import Job
-from service.encoder import OnnxEncoder
-from service.index import KeywordIndex
+from retrieval.onnx_encoder import OnnxEncoder
+from retrieval.hnsw import HnswIndex
 from service.metrics import Metrics
-from models.manifest import ArtifactError
+from artifact.manifest import ArtifactError
 from service.runtime import Query, Runtime, load_manifest
 from service.settings import Settings
 
@@ -60,7 +60,7 @@ def test_a_batch_of_mixed_k_and_ef_answers_each_as_alone(runtime):
 
 def test_concurrent_searches_at_different_ef(small_artifact):
     manifest = json.loads((small_artifact / "manifest.json").read_text())
-    index = KeywordIndex(small_artifact / "index/keywords.hnsw", small_artifact / "index/keywords.tsv", 768, 64)
+    index = HnswIndex(small_artifact / "index/keywords.hnsw", small_artifact / "index/keywords.tsv", 768, 64)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(32, 768)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -14,7 +14,7 @@ unchanged.
   thin FastAPI front that calls it over loopback HTTP and then searches hnswlib (two
   hops). ``infinity_front.py``.
 - ``ours``: ``hlm serve`` itself, so one ``--server-cmd`` template starts all of them
-  (``python -m loadtest.peers serve``, the peer picked by ``HLM_PEER``).
+  (``python -m benchmarks.peers serve``, the peer picked by ``HLM_PEER``).
 
 The student's PyTorch form is rebuilt from the artifact's own ONNX file
 (``st_student.py``): every weight of the transformer and of the 384->768 projection is

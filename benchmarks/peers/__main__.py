@@ -1,11 +1,11 @@
-"""``python -m loadtest.peers serve|export``: start one peer (or our service) on a port.
+"""``python -m benchmarks.peers serve|export``: start one peer (or our service) on a port.
 
 One command template starts every variant, so ``compare`` can run them side by side and
 alternate; the peer is picked by ``--peer`` or, when absent, by ``HLM_BENCH_PEER``
 (``ours``, ``st``, ``infinity``), which an encoder spec sets per server::
 
     python -m loadtest compare \\
-      --server-cmd "python -m loadtest.peers serve --artifact artifacts/demo --port {port}" \\
+      --server-cmd "python -m benchmarks.peers serve --artifact artifacts/demo --port {port}" \\
       --encoder 'ours-int8={"encoder":"student","@env":{"HLM_BENCH_PEER":"ours","HLM_STUDENT_PRECISION":"int8"}}' \\
       --encoder 'st-torch={"encoder":"student","@env":{"HLM_BENCH_PEER":"st"}}' \\
       --encoder 'infinity={"encoder":"student","@env":{"HLM_BENCH_PEER":"infinity"}}'
@@ -25,7 +25,7 @@ PEERS = ("ours", "st", "infinity")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.peers", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve one variant on --port")
     s.add_argument("--peer", choices=PEERS, default=None, help="default: $HLM_BENCH_PEER, else ours")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "export":
-        from loadtest.peers.st_student import save_st_student
+        from benchmarks.peers.st_student import save_st_student
 
         print(save_st_student(args.artifact, args.out))
         return 0
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [hlm, "serve", "--artifact", str(args.artifact), "--host", args.host, "--port", str(args.port)]
         os.execv(cmd[0], cmd)  # the same process: compare's SIGTERM reaches the server itself
     if peer == "st":
-        from loadtest.peers.st_app import main as st_main
+        from benchmarks.peers.st_app import main as st_main
 
         st_main(["--artifact", str(args.artifact), "--host", args.host, "--port", str(args.port)])
         return 0
-    from loadtest.peers.infinity_front import serve
+    from benchmarks.peers.infinity_front import serve
 
     serve(args.artifact, args.port, host=args.host)
     return 0

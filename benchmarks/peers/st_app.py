@@ -11,7 +11,7 @@ A plain ``def`` route, so FastAPI runs each request in its thread pool (concurre
 requests call ``model.encode`` side by side); torch's own thread count left at its
 default; uvicorn with its defaults. No micro-batching, no ONNX, no int8, no metrics.
 
-    python -m loadtest.peers.st_app --artifact artifacts/demo --port 8001
+    python -m benchmarks.peers.st_app --artifact artifacts/demo --port 8001
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 from fastapi import FastAPI
 
-from loadtest.peers.common import PeerIndex, SearchIn, search_response, set_offline_env
+from benchmarks.peers.common import PeerIndex, SearchIn, search_response, set_offline_env
 
 log = logging.getLogger("hlm.peers.st")
 
@@ -52,7 +52,7 @@ def create_app(encode: Encode, index: PeerIndex) -> FastAPI:
 
 
 def st_encoder(artifact: Path | str) -> Encode:
-    from loadtest.peers.st_student import build_st_student
+    from benchmarks.peers.st_student import build_st_student
 
     model = build_st_student(artifact)
 

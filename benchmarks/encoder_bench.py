@@ -4,7 +4,7 @@ Every encoder sees the same real queries, and the encoders take turns query by q
 (round robin), so drift of a noisy shared machine hits all of them alike; only medians
 and ratios to the teacher are meant to be quoted.
 
-    python -m loadtest.encoder_bench artifacts/demo [--extra name=path/to/model.onnx:tokenizer.json]
+    python -m benchmarks.encoder_bench artifacts/demo [--extra name=path/to/model.onnx:tokenizer.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.encoder import OnnxEncoder
+from retrieval.onnx_encoder import OnnxEncoder
 
 
 def _queries(n: int) -> list[str]:
@@ -32,7 +32,7 @@ def _queries(n: int) -> list[str]:
 
 
 def encoders_of(artifact: Path, threads: int) -> dict[str, OnnxEncoder]:
-    from models.manifest import verify
+    from artifact.manifest import verify
 
     manifest = verify(artifact, checksums=False)
     out = {}
@@ -88,14 +88,14 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--extra", action="append", default=[], help="name=model.onnx:tokenizer.json")
     parser.add_argument("--out", type=Path, default=None, help="write JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     encoders = encoders_of(args.artifact, args.threads)
     for spec in args.extra:
         name, paths = spec.split("=", 1)

@@ -20,7 +20,7 @@ Two indexes:
 Every ef is timed on the same queries, the efs taking turns round by round so drift on
 a shared machine hits all of them alike; quote medians and ratios.
 
-    python -m loadtest.index_bench --artifact artifacts/demo --synthetic 1000000 --out runs/bench/index_bench.json
+    python -m benchmarks.index_bench --artifact artifacts/demo --synthetic 1000000 --out runs/bench/index_bench.json
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def artifact_vectors(artifact: Path) -> tuple[np.ndarray, dict]:
     """The artifact's keyword vectors, read back from its hnswlib graph (label order)."""
     import hnswlib
 
-    from models.manifest import verify
+    from artifact.manifest import verify
 
     manifest = verify(artifact, checksums=False)
     meta = manifest["index"]
@@ -255,9 +255,9 @@ def artifact_vectors(artifact: Path) -> tuple[np.ndarray, dict]:
 def query_vectors(artifact: Path, encoder: str, n: int, cache: Path | None) -> tuple[np.ndarray, list[str]]:
     """``n`` real dev-split queries (encoder_bench's) encoded by the artifact's teacher or
     student (fp32 ONNX), cached as .npy keyed by the artifact hash."""
-    from loadtest.encoder_bench import _queries
-    from models.manifest import verify
-    from service.encoder import OnnxEncoder
+    from benchmarks.encoder_bench import _queries
+    from artifact.manifest import verify
+    from retrieval.onnx_encoder import OnnxEncoder
 
     manifest = verify(artifact, checksums=False)
     texts = _queries(n)
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write JSON here")
     args = ap.parse_args(argv)
 
-    result = {"machine": machine(), "command": "python -m loadtest.index_bench " + " ".join(argv or __import__("sys").argv[1:]),
+    result = {"machine": machine(), "command": "python -m benchmarks.index_bench " + " ".join(argv or __import__("sys").argv[1:]),
               "k": args.k, "efs": args.ef}
     if not args.no_demo:
         result["demo"] = demo_bench(args.artifact, args.queries, args.ef, args.k, args.rounds, args.cache,

@@ -1,7 +1,7 @@
 """ONNX Runtime sentence encoder: tokenizer.json + model.onnx -> normalised vectors.
 
 Torch-free; used online by the service and offline by the build for bulk encoding.
-The graph already does mean pooling and L2 normalisation (see models/manifest.py), so
+The graph already does mean pooling and L2 normalisation (see artifact/manifest.py), so
 this module only tokenises, pads to the longest text in the batch, and runs the session.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from retrieval.base import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def resolve_providers(provider: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-@dataclass
-class Encoded:
-    vectors: np.ndarray  # float32 [n, dim], L2-normalised
-    truncated: list[bool]  # the text was longer than the model's token limit
-    tokens: int  # tokens in the padded batch (batch * longest)
-
-
 class OnnxEncoder:
     """One ONNX Runtime session and its tokenizer."""
 
@@ -68,6 +62,7 @@ class OnnxEncoder:
         max_length: int = DEFAULT_MAX_LENGTH,
         threads: int = 1,
         provider: str = "cpu",
+        batch_invariant: bool = True,
     ):
         options = ort.SessionOptions()
         # One intra-op thread was faster and steadier than two on these 2-core machines.
@@ -78,6 +73,9 @@ class OnnxEncoder:
         self.provider = self.session.get_providers()[0]
         self.tokenizer = load_tokenizer(tokenizer_path, max_length)
         self.max_length = max_length
+        # False for dynamic int8 graphs (their activation scales span the batch): the
+        # service then runs such a model one text at a time (``encode_each``).
+        self.batch_invariant = batch_invariant
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         log.info("encoder %s runs on %s", Path(model_path).name, self.provider)
 
@@ -118,6 +116,10 @@ class OnnxEncoder:
         truncated = [bool(e.overflowing) for e in encodings]
         return Encoded(np.ascontiguousarray(vectors, dtype=np.float32), truncated, int(input_ids.size))
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text after truncation (what a text costs the encoder)."""
+        return [len(e.ids) for e in self._lengths_tokenizer().encode_batch(list(texts))]
+
     def encode_each(self, texts: Sequence[str]) -> Encoded:
         """Tokenise as one batch, run the session one text at a time (no padding).
 
@@ -143,7 +145,7 @@ class OnnxEncoder:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Bulk encoding: length-sorted batches (little padding), results in input order."""
-        lengths = [len(e.ids) for e in self._lengths_tokenizer().encode_batch(list(texts))]
+        lengths = self.token_counts(texts)
         order = np.argsort(lengths, kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):

@@ -140,6 +140,15 @@ def _check_references(root: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def encoder_model(spec: dict[str, Any], precision: str) -> str:
+    """The ONNX file of an encoder at a precision ("fp32" or "int8"), relative to the artifact."""
+    if precision == "int8":
+        if not spec.get("onnx_int8"):
+            raise ArtifactError("int8 was asked for but the artifact has no int8 copy of this encoder.")
+        return spec["onnx_int8"]
+    return spec["onnx"]
+
+
 def _remove_abandoned(final: Path) -> None:
     """Delete partial folders left by killed builds of ``final`` (their process is gone)."""
     for partial in final.parent.glob(f".{final.name}.partial-*"):

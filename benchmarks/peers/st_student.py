@@ -76,7 +76,7 @@ def build_st_student(artifact: Path | str, base_dir: Path | str | None = None, d
     import torch
     from sentence_transformers import SentenceTransformer, models
 
-    from models.manifest import verify
+    from artifact.manifest import verify
 
     artifact = Path(artifact)
     manifest = verify(artifact, checksums=False)
@@ -128,7 +128,7 @@ def save_st_student(artifact: Path | str, out_dir: Path | str, base_dir: Path | 
 
     from safetensors.numpy import load_file, save_file
 
-    from models.manifest import verify
+    from artifact.manifest import verify
 
     artifact, out_dir = Path(artifact), Path(out_dir)
     manifest = verify(artifact, checksums=False)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from models.manifest import ArtifactError, staged_folder, verify, write_manifest
+from artifact.manifest import ArtifactError, staged_folder, verify, write_manifest
 
 
 def make_artifact(root):

@@ -15,7 +15,7 @@ access log; telemetry off, hub offline.
 The front keeps one aiohttp session to infinity (keep-alive), so the hop costs one
 loopback round trip and a JSON encode/decode of a 768-float vector.
 
-    python -m loadtest.peers serve --peer infinity --artifact artifacts/demo --port 8002
+    python -m benchmarks.peers serve --peer infinity --artifact artifacts/demo --port 8002
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 
 from loadtest.cpus import stop_process
-from loadtest.peers.common import PeerIndex, SearchIn, search_response, set_offline_env
+from benchmarks.peers.common import PeerIndex, SearchIn, search_response, set_offline_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PEERS_VENV = REPO / ".venv-peers"
@@ -140,12 +140,12 @@ def serve(artifact: Path | str, port: int, host: str = "127.0.0.1", model_dir: P
     import uvicorn
 
     from loadtest.cpus import free_port
-    from loadtest.peers.st_student import save_st_student
+    from benchmarks.peers.st_student import save_st_student
 
     set_offline_env()
     artifact = Path(artifact)
     if not model_dir:  # one folder per artifact content: a rebuilt artifact gets a fresh export
-        from models.manifest import verify
+        from artifact.manifest import verify
 
         digest = verify(artifact, checksums=False)["artifact_sha256"][:12]
         model_dir = REPO / "runs" / "bench" / "peers" / f"student-st-{artifact.name}-{digest}"

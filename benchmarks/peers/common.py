@@ -1,7 +1,7 @@
 """What the peers share: the artifact's hnswlib index + keyword store, and the search JSON shape.
 
 Deliberately plain (hnswlib used directly, as a user would): the product's index wrapper
-(``service.index.KeywordIndex``) is not used, so its concurrency handling gets no credit
+(``retrieval.hnsw.HnswIndex``) is not used, so its concurrency handling gets no credit
 in the peers' numbers. Only the keyword-store reader is shared, to read the same file.
 """
 
@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, Field
 
-from service.index import read_store
+from artifact.store import read_store
 
 
 class SearchIn(BaseModel):
@@ -41,7 +41,7 @@ class PeerIndex:
 
     @classmethod
     def from_artifact(cls, artifact: Path | str) -> "PeerIndex":
-        from models.manifest import verify
+        from artifact.manifest import verify
 
         artifact = Path(artifact)
         manifest = verify(artifact, checksums=False)

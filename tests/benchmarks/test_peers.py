@@ -1,4 +1,4 @@
-"""The benchmark peers (loadtest/peers): same JSON shape as ours, same answers for the same vectors.
+"""The benchmark peers (benchmarks/peers): same JSON shape as ours, same answers for the same vectors.
 
 The fast tests use a hand-made 8-d index and fixed query vectors; the slow ones build the
 peers from the small real artifact (sentence-transformers needed) and check that they
@@ -17,10 +17,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from loadtest.cpus import free_port
-from loadtest.peers.common import PeerIndex
-from loadtest.peers.infinity_front import create_front, infinity_command
-from loadtest.peers.st_app import create_app
-from service.index import KeywordIndex, write_store
+from benchmarks.peers.common import PeerIndex
+from benchmarks.peers.infinity_front import create_front, infinity_command
+from benchmarks.peers.st_app import create_app
+from artifact.store import write_store
+from retrieval.hnsw import HnswIndex
 
 DIM = 8
 N = 60
@@ -73,7 +74,7 @@ def test_st_peer_answers_our_shape_and_our_results_for_the_same_vectors(tiny_ind
         return np.vstack([query_vector(vectors, t) for t in texts])
 
     peer = TestClient(create_app(encode, PeerIndex(index_path, store_path, DIM, ef=64)))
-    ours = KeywordIndex(index_path, store_path, DIM, ef=64)
+    ours = HnswIndex(index_path, store_path, DIM, ef=64)
     assert peer.get("/readyz").status_code == 200
     for query in QUERIES:
         r = peer.post("/v1/search", json={"query": query, "k": 5, "encoder": "student"})
@@ -129,7 +130,7 @@ def test_two_hop_front_answers_our_shape_and_our_results(tiny_index):
         return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": query_vector(vectors, t).tolist()}
                                            for i, t in enumerate(body["input"])]}
 
-    ours = KeywordIndex(index_path, store_path, DIM, ef=64)
+    ours = HnswIndex(index_path, store_path, DIM, ef=64)
     with _ThreadServer(fake) as url:
         with TestClient(create_front(url + "/embeddings", PeerIndex(index_path, store_path, DIM, 64))) as front:
             for query in QUERIES:
@@ -156,8 +157,8 @@ def test_infinity_command_is_offline_safe_and_local(tmp_path):
 @pytest.mark.slow
 def test_weights_read_from_the_onnx_student_reproduce_it(small_artifact, tmp_path):
     pytest.importorskip("sentence_transformers")
-    from loadtest.encoder_bench import encoders_of
-    from loadtest.peers.st_student import build_st_student, save_st_student
+    from benchmarks.encoder_bench import encoders_of
+    from benchmarks.peers.st_student import build_st_student, save_st_student
 
     texts = ["cordless drill", "18 volt lithium ion battery pack", "how tall is the eiffel tower", "paint"]
     onnx_vectors = encoders_of(small_artifact, 1)["student_fp32"].encode_each(texts).vectors
@@ -177,7 +178,7 @@ def test_weights_read_from_the_onnx_student_reproduce_it(small_artifact, tmp_pat
 @pytest.mark.slow
 def test_st_peer_top_results_equal_ours_on_the_real_artifact(small_artifact):
     pytest.importorskip("sentence_transformers")
-    from loadtest.peers.st_app import st_encoder
+    from benchmarks.peers.st_app import st_encoder
     from service.main import create_app as create_ours
     from service.settings import Settings
 
@@ -207,8 +208,8 @@ def test_a_student_cut_from_the_teacher_is_reproduced_too():
     pytest.importorskip("sentence_transformers")
     import json
 
-    from loadtest.encoder_bench import encoders_of
-    from loadtest.peers.st_student import build_st_student
+    from benchmarks.encoder_bench import encoders_of
+    from benchmarks.peers.st_student import build_st_student
 
     demo = Path(__file__).resolve().parents[2] / "artifacts" / "demo"
     if not (demo / "manifest.json").is_file():

@@ -17,10 +17,10 @@ Runtime's fp32 MatMul and its dynamically quantised int8 MatMul (the exporter's 
 per-channel, reduce_range) at the same shapes. The floor of a model is the sum, over its
 matrix multiplies, of FLOPs / the measured rate at that shape ("shape floor"), and FLOPs /
 the peak ("peak floor"). Against the measured batch-1 latency
-(``python -m loadtest.encoder_bench ... --out FILE``) that says how far the encoders are
+(``python -m benchmarks.encoder_bench ... --out FILE``) that says how far the encoders are
 above what the arithmetic alone needs.
 
-    python -m loadtest.flops [--encoder-bench runs/bench/encoder_bench.json] [--out runs/bench/flops.json]
+    python -m benchmarks.flops [--encoder-bench runs/bench/encoder_bench.json] [--out runs/bench/flops.json]
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def arch_of_onnx(onnx_path: Path | str, name: str, heads: int) -> Arch:
 
 def artifact_archs(artifact: Path) -> dict[str, Arch]:
     """teacher and the artifact's own student (whatever it is now), plus the MiniLM-L6 reference."""
-    from loadtest.peers.st_student import base_dir_for
-    from models.manifest import verify
+    from benchmarks.peers.st_student import base_dir_for
+    from artifact.manifest import verify
 
     manifest = verify(artifact, checksums=False)
     enc = manifest["encoders"]["student"]
@@ -306,9 +306,9 @@ def floors(arch: Arch, tokens: int, rates: dict) -> dict:
 
 def query_token_counts(artifact: Path, n: int = 300) -> dict[str, float]:
     """Median tokens (with [CLS]/[SEP]) of encoder_bench's queries under each encoder's tokenizer."""
-    from loadtest.encoder_bench import _queries
-    from models.manifest import verify
-    from service.encoder import load_tokenizer
+    from benchmarks.encoder_bench import _queries
+    from artifact.manifest import verify
+    from retrieval.onnx_encoder import load_tokenizer
 
     manifest = verify(artifact, checksums=False)
     queries = _queries(n)
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[8, 16], help="query lengths, tokens incl. [CLS]/[SEP]")
     ap.add_argument("--artifact", type=Path, default=Path("artifacts/demo"),
                     help="adds the median token count of encoder_bench's queries to --tokens")
-    ap.add_argument("--encoder-bench", type=Path, help="JSON from `python -m loadtest.encoder_bench ... --out`")
+    ap.add_argument("--encoder-bench", type=Path, help="JSON from `python -m benchmarks.encoder_bench ... --out`")
     ap.add_argument("--peak-size", type=int, default=2048)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per shape and runtime")
     ap.add_argument("--no-onnx", action="store_true", help="numpy only")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadtest import flops
-from loadtest.index_bench import (
+from benchmarks import flops
+from benchmarks.index_bench import (
     EfRow,
     ExactTopK,
     ef_for_recall,
