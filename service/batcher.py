@@ -51,7 +51,6 @@ class Batcher:
         queue_size: int = 256,
         retry_after_s: int = 1,
         max_queue_wait_s: float = 0.0,
-        lag_s: Optional[Callable[[], float]] = None,
         metrics=None,
     ):
         self.name = name
@@ -61,9 +60,6 @@ class Batcher:
         self.queue_size = queue_size
         self.retry_after = str(retry_after_s)
         self.max_queue_wait_s = max_queue_wait_s
-        # The event loop's current lag (service.looplag), counted against the same budget:
-        # under overload the wait that hurts is often the loop's, not the queue's.
-        self.lag_s = lag_s
         self.metrics = metrics
         self._queue: collections.deque[Job] = collections.deque()
         self._queued_queries = 0  # sum of the sizes of the queued jobs
@@ -81,7 +77,6 @@ class Batcher:
             self._m_batch = metrics.batch_size.labels(name)
             self._m_gone = metrics.rejected.labels(name, "client_gone")
             self._m_full = metrics.rejected.labels(name, "queue_full")
-            self._m_lag = metrics.rejected.labels(name, "loop_lag")
             self._m_closed = metrics.rejected.labels(name, "shutting_down")
 
     # ---- event-loop side ----
@@ -141,19 +136,16 @@ class Batcher:
                 code="queue_full", headers={"Retry-After": self.retry_after},
             )
         # Time bound: refuse at once rather than accept a request that would wait past
-        # the budget: the rest of the running batch and the work already queued, plus the
-        # event loop's lag. An idle worker with a loop on time refuses nobody, so one
-        # request always runs.
+        # the budget: the rest of the running batch and the work already queued. An idle
+        # worker refuses nobody, so one request always runs.
         if self.max_queue_wait_s:
-            lag = self.lag_s() if self.lag_s is not None else 0.0
             queued = self.expected_wait_s()
-            if queued + lag > self.max_queue_wait_s:
+            if queued > self.max_queue_wait_s:
                 if count and self.metrics is not None:
-                    (self._m_lag if queued < lag else self._m_full).inc()
+                    self._m_full.inc()
                 return Overloaded(
-                    f"The {self.name} encoder is overloaded (about {queued * 1000:.0f} ms of work queued and "
-                    f"{lag * 1000:.0f} ms of event-loop delay, more than the {self.max_queue_wait_s * 1000:.0f} ms "
-                    "limit); retry shortly.",
+                    f"The {self.name} encoder is overloaded (about {queued * 1000:.0f} ms of work queued, more than "
+                    f"the {self.max_queue_wait_s * 1000:.0f} ms limit); retry shortly.",
                     code="queue_full", headers={"Retry-After": self.retry_after},
                 )
         return None

@@ -67,6 +67,13 @@ class ClientGone(Exception):
     """The client disconnected before its answer was computed."""
 
 
+# The two answers rendered both by the app's handlers and by the edge middleware (which runs
+# outside FastAPI): one definition each, so both places say the same thing.
+INTERNAL_ERROR = (500, "internal_error", "The server hit an internal error; it has been logged.")
+# Nobody reads this answer; 499 (nginx's "client closed request") marks it in the metrics.
+CLIENT_CLOSED = (499, "client_closed_request", "The client closed the connection before the answer.")
+
+
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False).encode()
 
@@ -109,8 +116,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
-        # Nobody reads this answer; 499 (nginx's "client closed request") marks it in metrics.
-        return error_response(499, "client_closed_request", "The client closed the connection before the answer.")
+        return error_response(*CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
@@ -133,4 +139,4 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", "The server hit an internal error; it has been logged.")
+        return error_response(*INTERNAL_ERROR)

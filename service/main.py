@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from contextlib import asynccontextmanager
 from typing import Callable, Optional
@@ -28,8 +27,9 @@ from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
 from service.reload import Reloader, set_build_info
-from service.runtime import Runtime, load_manifest, resolve_artifact
-from service.serving import AppState, SearchService
+from service.loader import load_manifest, resolve_artifact
+from service.runtime import Runtime
+from service.serving import AppState, Phase, SearchService
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -56,22 +56,22 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     async def load_in_background(runtime: Runtime) -> None:
         t0 = time.perf_counter()
         try:
-            state.phase = "loading"
+            state.phase = Phase.LOADING
             await asyncio.to_thread(runtime.load)
             if settings.warmup_delay_s:
                 await asyncio.sleep(settings.warmup_delay_s)
-            state.phase = "warming"
+            state.phase = Phase.WARMING
             await asyncio.to_thread(runtime.warm_up)
             runtime.start(asyncio.get_running_loop())
         except Exception as exc:  # noqa: BLE001 - any failure here means: do not serve
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{exc.__class__.__name__}: {exc}"
             log.error("start-up stopped: %s", reason)
             log.debug("start-up failure", exc_info=exc)
-            state.phase, state.detail = "failed", reason
+            state.phase, state.detail = Phase.FAILED, reason
             if on_fatal is not None:
                 on_fatal(reason)
             return
-        state.phase, state.ready_at = "ready", time.time()
+        state.phase, state.ready_at = Phase.READY, time.time()
         metrics.ready.set(1)
         metrics.artifact_loaded.set(time.time())
         log.info("ready: %s student, %s, %d keywords, warm in %.1f s", runtime.precision,
@@ -80,13 +80,12 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
-        state.phase = "verifying"
+        state.phase = Phase.VERIFYING
         root = resolve_artifact(settings)
         try:
             manifest = await asyncio.to_thread(load_manifest, settings, root)
         except ArtifactError as exc:
-            state.phase, state.detail = "failed", str(exc)
+            state.phase, state.detail = Phase.FAILED, str(exc)
             state.startup_error = f"Start-up stopped: {exc}"
             raise StartupAborted(str(exc)) from None
         runtime = Runtime(settings, manifest, metrics, root=root)
@@ -100,8 +99,8 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         finally:
             if sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            if state.phase != "failed":
-                state.phase = "draining"
+            if state.phase is not Phase.FAILED:
+                state.phase = Phase.DRAINING
             metrics.ready.set(0)
             await loader  # a load in progress cannot be interrupted; let it end
             async with reloader.lock:  # a reload in progress ends (refused: shutting down) first

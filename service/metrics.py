@@ -64,7 +64,6 @@ class Metrics:
         for name in ENCODERS:  # expose zero series from the start
             self.queries.labels(name)
             self.rejected.labels(name, "queue_full")
-            self.rejected.labels(name, "loop_lag")
         for result in ("ok", "refused"):
             self.reloads.labels(result)
 

@@ -27,8 +27,9 @@ from typing import Optional
 
 from pydantic_core import from_json
 
-from service.errors import BodyTooLarge, ServiceError, error_body
+from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, ServiceError, error_body
 from service.protocol import SearchRequest
+from service.serving import Phase
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ class EdgeMiddleware:
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                await _send_error(tracking_send, 500, "internal_error",
-                                  "The server hit an internal error; it has been logged.")
+                await _send_error(tracking_send, *INTERNAL_ERROR)
             status = 500
         finally:
             self._observe(scope, status, time.perf_counter() - start)
@@ -127,7 +127,7 @@ class EdgeMiddleware:
     def _refusal(self, scope, body: bytes) -> Optional[ServiceError]:
         """The encoder's refusal if it would refuse this request now, else None."""
         runtime = self.state.runtime
-        if runtime is None or self.state.phase != "ready":
+        if runtime is None or self.state.phase is not Phase.READY:
             return None
         try:
             data = from_json(body)
@@ -146,8 +146,8 @@ class EdgeMiddleware:
 
 
 class _ClientLeft(ServiceError):
-    status = 499
-    code = "client_closed_request"
+    status = CLIENT_CLOSED[0]
+    code = CLIENT_CLOSED[1]
 
 
 async def _read_body(receive, limit: int) -> tuple[bytes, Optional[ServiceError]]:

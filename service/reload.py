@@ -24,7 +24,9 @@ from typing import Any, Optional
 from artifact.manifest import ArtifactError, read_manifest
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.runtime import Runtime, load_manifest, resolve_artifact
+from service.loader import load_manifest, resolve_artifact
+from service.runtime import Runtime
+from service.serving import Phase
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -71,7 +73,7 @@ class Reloader:
         async with self.lock:
             state = self.state
             old: Optional[Runtime] = state.runtime
-            if state.phase != "ready" or old is None:
+            if state.phase is not Phase.READY or old is None:
                 raise self._refuse(f"The service is not serving ({state.phase}); nothing to reload into.", "not_ready")
             old_sha = old.manifest.get("artifact_sha256")
             t0 = time.perf_counter()
@@ -88,7 +90,7 @@ class Reloader:
                 reason = describe(exc)
                 log.error("reload refused, still serving %s: %s", str(old_sha)[:12], reason)
                 raise self._refuse(f"Reload refused, still serving artifact {str(old_sha)[:12]}: {reason}") from None
-            if state.phase != "ready":  # shutting down meanwhile: never start the new one
+            if state.phase is not Phase.READY:  # shutting down meanwhile: never start the new one
                 raise self._refuse("The service began shutting down during the reload.", "shutting_down")
             runtime.start(asyncio.get_running_loop())
             # The swap: one reference assignment on the event loop. A request reads

@@ -1,6 +1,6 @@
 """The loaded artifact: verified manifest, both encoders, the keyword index, the batchers.
 
-``load_manifest`` is the start-up gate (checksums, dimensions, servable flag).
+The start-up gate (checksums, dimensions, servable flag) is ``service/loader.py``.
 ``Runtime.load`` creates the ONNX Runtime sessions and the index (blocking; run it in a
 thread), ``warm_up`` runs each encoder a few times, ``start`` starts one batch worker per
 encoder so the slow teacher never holds up the student.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,49 +17,17 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from artifact.manifest import ArtifactError, encoder_model, verify
+from artifact.manifest import ArtifactError, encoder_model
 from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job
-from service.looplag import LoopLagMonitor
+from service.loader import student_precision
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 WARMUP_TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom", "paint"]
-
-
-def load_manifest(settings: Settings, root: Optional[Path] = None) -> dict[str, Any]:
-    """Verify the artifact folder; ArtifactError (one sentence) if it must not be served."""
-    root = Path(root or settings.artifact_dir)
-    manifest = verify(root, checksums=settings.verify_checksums)
-    if manifest.get("servable") is False:
-        why = (manifest.get("gate") or {}).get("message")
-        raise ArtifactError(f"The artifact in {root} is marked not servable in its manifest"
-                            + (f": {why}." if why else "."))
-    gate = manifest.get("gate") or {}
-    if gate.get("overridden"):
-        log.warning("serving below the quality gate (the builder overrode it): %s", gate.get("message"))
-    student = manifest["encoders"]["student"]
-    precision = settings.student_precision or student.get("default_precision") or "fp32"
-    if precision == "int8" and not student.get("onnx_int8"):
-        raise ArtifactError(f"Student precision int8 was asked for but the artifact in {root} has no int8 student.")
-    return manifest
-
-
-def resolve_artifact(settings: Settings) -> Path:
-    """The configured artifact folder with symlinks resolved, read once per load.
-
-    An operator swaps artifacts by re-pointing a symlink (or renaming a folder into
-    place); resolving first means one load reads one folder from start to end.
-    """
-    return Path(os.path.realpath(settings.artifact_dir))
-
-
-def student_precision(settings: Settings, manifest: dict[str, Any]) -> str:
-    student = manifest["encoders"]["student"]
-    return settings.student_precision or student.get("default_precision") or "fp32"
 
 
 @dataclass
@@ -113,7 +80,6 @@ class Runtime:
         self.slots: dict[str, EncoderSlot] = {}
         self.index: Optional[HnswIndex] = None
         self.default_ef = settings.ef or int(manifest["index"].get("ef") or 64)
-        self.loop_lag: Optional[LoopLagMonitor] = None
 
     # ---- loading (blocking) ----
 
@@ -177,11 +143,6 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
         self.metrics.index_size.set(len(self.index))
-        lag = None
-        if s.loop_lag_admission:
-            self.loop_lag = LoopLagMonitor()
-            self.loop_lag.start()
-            lag = self.loop_lag.value
         for name, slot in self.slots.items():
             slot.batcher = Batcher(
                 name,
@@ -191,7 +152,6 @@ class Runtime:
                 queue_size=s.queue_size,
                 retry_after_s=s.retry_after_s,
                 max_queue_wait_s=(s.max_queue_wait_ms if name == "student" else s.teacher_queue_wait_ms) / 1000.0,
-                lag_s=lag,
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
@@ -201,8 +161,6 @@ class Runtime:
         for slot in self.slots.values():
             if slot.batcher is not None:
                 await slot.batcher.close()
-        if self.loop_lag is not None:
-            await self.loop_lag.stop()
 
     # ---- the batch function (worker thread) ----
 

@@ -16,6 +16,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service.main import create_app
+from service.serving import Phase
 from service.settings import Settings
 
 
@@ -52,7 +53,7 @@ def serve(settings: Settings) -> int:
     except SystemExit:  # uvicorn's own exit on a refused start-up; the reason is logged
         pass
     state = app.state.hlm.state
-    if not server.started or state.phase == "failed":
+    if not server.started or state.phase is Phase.FAILED:
         logging.getLogger("service").error("hlm serve: not serving (%s).", state.detail or "start-up failed")
         return 2
     return 0

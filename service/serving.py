@@ -14,6 +14,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, Optional
 
 from pydantic import ValidationError
@@ -32,11 +33,26 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+class Phase(str, Enum):
+    """Where the service stands; a str enum, so it reads as its value in JSON and logs."""
+
+    STARTING = "starting"
+    VERIFYING = "verifying"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class AppState:
-    """Where start-up stands: verifying, loading, warming, ready, failed, draining."""
+    """Where start-up stands (``Phase``), and what serves once it is ready."""
 
-    phase: str = "starting"
+    phase: Phase = Phase.STARTING
     detail: str = ""
     runtime: Optional[Runtime] = None
     startup_error: Optional[str] = None  # set when start-up is refused (shown instead of a traceback)
@@ -108,9 +124,9 @@ class SearchService:
 
     def runtime(self) -> Runtime:
         runtime = self.state.runtime
-        if runtime is None or self.state.phase != "ready":
+        if runtime is None or self.state.phase is not Phase.READY:
             phase = self.state.phase
-            if phase == "draining":
+            if phase is Phase.DRAINING:
                 raise NotReady("The service is shutting down.", code="shutting_down",
                                headers={"Retry-After": str(self.settings.retry_after_s)})
             raise NotReady(f"The service is not ready yet ({phase}); poll /readyz.",
@@ -209,8 +225,8 @@ class SearchService:
     # ---- meta ----
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        ready = self.state.phase == "ready"
-        body = {"ready": ready, "status": self.state.phase}
+        ready = self.state.phase is Phase.READY
+        body = {"ready": ready, "status": self.state.phase.value}
         if self.state.detail:
             body["detail"] = self.state.detail
         return (200 if ready else 503), body

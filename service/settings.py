@@ -45,21 +45,13 @@ class Settings(BaseSettings):
     max_queue_wait_ms: float = Field(
         5.0, ge=0.0,
         description="Admission bound in time for the student: a request is refused at once (429) when the rest of the "
-        "batch now running plus the work already queued on its encoder (queries x the measured cost per query), plus "
-        "the event loop's lag when counted, would take longer than this. 5 ms kept the accepted p99 at ~15 ms "
+        "batch now running plus the work already queued on its encoder (queries x the measured cost per query), would take longer than this. 5 ms kept the accepted p99 at ~15 ms "
         "(server) under 3x overload, 10 ms at ~29 ms (docs/RELIABILITY.md). 0 = only the queue_size bound.",
     )
     teacher_max_queue_wait_ms: Optional[float] = Field(
         50.0, ge=0.0,
         description="The same bound for the teacher (one query costs it ~20 ms, so the student's budget would refuse "
         "every queued teacher request); None = max_queue_wait_ms.",
-    )
-    loop_lag_admission: bool = Field(
-        False,
-        description="Count the event loop's measured lag (the smallest lateness of a 5 ms timer over the last 100 ms) against "
-        "max_queue_wait_ms too: under overload the loop that parses requests and hands back answers falls behind "
-        "while the batch queue stays short, and this refuses early instead of serving late. Off by default: in two "
-        "runs at 3x overload it did not change accepted p99 beyond noise (docs/RELIABILITY.md).",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
 
@@ -69,13 +61,6 @@ class Settings(BaseSettings):
         None, description="Student model to serve; default the manifest's encoders.student.default_precision."
     )
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider.")
-    switch_interval_ms: float = Field(
-        5.0, gt=0.0, le=100.0,
-        description="Python's GIL switch interval for this process (5 ms is Python's default): a batch worker "
-        "whose ONNX run has ended waits at most this long for a busy event loop to hand over. A knob for "
-        "load tests near saturation; not measured to help on a quiet machine yet.",
-    )
-
     # Shadow comparison of the student against the teacher, off the hot path.
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of student requests re-run through the teacher.")
 

@@ -23,7 +23,7 @@ def build_router(service: SearchService) -> APIRouter:
 
     @router.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict:
-        return {"status": "ok", "phase": service.state.phase}
+        return {"status": "ok", "phase": service.state.phase.value}
 
     @router.get("/readyz", summary="Readiness: artifact verified, loaded and warm",
                 responses={503: {"description": "Still loading or warming up, start-up failed, or shutting down."}})
@@ -37,8 +37,8 @@ def build_router(service: SearchService) -> APIRouter:
         service.check_admin(request)
         runtime = service.state.runtime
         if runtime is None:
-            return JSONResponse({"version": VERSION, "status": service.state.phase}, status_code=503)
-        return Response(dumps({"version": VERSION, "status": service.state.phase} | runtime.info()),
+            return JSONResponse({"version": VERSION, "status": service.state.phase.value}, status_code=503)
+        return Response(dumps({"version": VERSION, "status": service.state.phase.value} | runtime.info()),
                         media_type="application/json")
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True,

@@ -21,6 +21,7 @@ from benchmarks.peers.common import PeerIndex
 from benchmarks.peers.infinity_front import create_front, infinity_command
 from benchmarks.peers.st_app import create_app
 from artifact.store import write_store
+from retrieval.base import SearchParams
 from retrieval.hnsw import HnswIndex
 
 DIM = 8
@@ -80,7 +81,7 @@ def test_st_peer_answers_our_shape_and_our_results_for_the_same_vectors(tiny_ind
         r = peer.post("/v1/search", json={"query": query, "k": 5, "encoder": "student"})
         assert r.status_code == 200, r.text
         ids = assert_search_shape(r.json(), query, 5)
-        our_hits = ours.search(encode([query]), k=5)[0]
+        our_hits = ours.search(encode([query]), SearchParams(k=5))[0]
         assert ids == [h.id for h in our_hits]
         assert [kw["score"] for kw in r.json()["results"][0]["keywords"]] == pytest.approx([h.score for h in our_hits], abs=1e-6)
         # and against exact search: the nearest keyword is the one the query was made from
@@ -137,7 +138,7 @@ def test_two_hop_front_answers_our_shape_and_our_results(tiny_index):
                 r = front.post("/v1/search", json={"query": query, "k": 4, "encoder": "student"})
                 assert r.status_code == 200, r.text
                 ids = assert_search_shape(r.json(), query, 4)
-                assert ids == [h.id for h in ours.search(query_vector(vectors, query)[None], k=4)[0]]
+                assert ids == [h.id for h in ours.search(query_vector(vectors, query)[None], SearchParams(k=4))[0]]
     assert seen[0] == {"model": "student", "input": ["cordless drill"]}
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from artifact.manifest import ArtifactError
 from service.metrics import Metrics
-from service.runtime import Runtime, load_manifest
+from service.loader import load_manifest
+from service.runtime import Runtime
 from service.settings import Settings
 
 from .conftest import clone_artifact, rewrite_manifest, swap_tokenizer

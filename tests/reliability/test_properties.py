@@ -19,7 +19,8 @@ from artifact.text import normalise_text
 from service.batcher import Job
 from service.metrics import Metrics
 from service.protocol import EmbedRequest, SearchRequest
-from service.runtime import Query, Runtime, load_manifest
+from service.loader import load_manifest
+from service.runtime import Query, Runtime
 from service.serving import parse
 from service.settings import Settings
 

@@ -159,30 +159,6 @@ def test_max_wait_collects_a_later_request():
     assert run(main()) == [["a", "b"]]
 
 
-def test_event_loop_lag_counts_against_the_queue_budget():
-    """An empty queue is refused when the loop itself is late by more than the budget."""
-    lag = {"s": 0.0}
-
-    async def main():
-        fn, metrics = Recorder(), Metrics()
-        b = Batcher("student", fn, max_batch=4, max_queue_wait_s=0.02, lag_s=lambda: lag["s"], metrics=metrics)
-        b.start(asyncio.get_running_loop())
-        assert await b.submit("on time") == "ron time"
-        lag["s"] = 0.03
-        with pytest.raises(Overloaded) as info:
-            b.submit("late")
-        lag["s"] = 0.01
-        assert await b.submit("caught up") == "rcaught up"
-        await b.close()
-        return info.value, metrics
-
-    error, metrics = run(main())
-    assert error.status == 429 and error.headers == {"Retry-After": "1"}
-    assert "30 ms of event-loop delay" in error.message
-    assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "loop_lag"}) == 1
-    assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "queue_full"}) == 0
-
-
 def test_the_rest_of_the_running_batch_counts_against_the_queue_budget():
     """An empty queue behind a batch that will run for longer than the budget is refused."""
     started = threading.Event()

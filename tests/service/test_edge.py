@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from service.batcher import Batcher
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
-from service.serving import AppState
+from service.serving import AppState, Phase
 
 
 class InnerApp:
@@ -74,9 +74,9 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
                               known_paths={"/v1/search", "/v1/embed"})
 
         # Not ready yet: the edge does not judge, the app answers (503 there).
-        state.phase = "loading"
+        state.phase = Phase.LOADING
         assert (await post(edge, "/v1/search", b'{"query": "drill"}'))[0] == 200
-        state.phase = "ready"
+        state.phase = Phase.READY
 
         busy = student.submit("running")  # held in the worker
         await asyncio.to_thread(entered.wait, 10)

@@ -15,7 +15,8 @@ from retrieval.onnx_encoder import OnnxEncoder
 from retrieval.hnsw import HnswIndex
 from service.metrics import Metrics
 from artifact.manifest import ArtifactError
-from service.runtime import Query, Runtime, load_manifest
+from service.loader import load_manifest
+from service.runtime import Query, Runtime
 from service.settings import Settings
 
 TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom sink", "paint", "garden hose 50 ft"]
