@@ -52,6 +52,14 @@ class Hit:
     score: float
 
 
+class IndexUnavailable(Exception):
+    """A remote index (Milvus) cannot answer now; the message is one sentence.
+
+    Temporary by nature: the service answers 503 with ``Retry-After`` and reports not
+    ready until the backend answers again, instead of a 500 or a restart.
+    """
+
+
 @runtime_checkable
 class VectorIndex(Protocol):
     """Keyword vectors by id, searched by inner product.
