@@ -191,5 +191,36 @@ def serve(
         raise typer.Exit(code)
 
 
+index_app = typer.Typer(no_args_is_help=True, help="The keyword index in a vector database (Milvus).")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("push")
+def index_push(
+    artifact: Path = typer.Argument(..., help="A verified artifact folder."),
+    uri: str = typer.Option(..., envvar="HLM_MILVUS_URI", help="Milvus URI: http://host:19530, or a local milvus-lite file ending in .db."),
+    collection: str = typer.Option("hlm_keywords", envvar="HLM_MILVUS_COLLECTION", help="Collection to create."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite a collection that holds another artifact."),
+    batch: int = typer.Option(256, min=1, help="Keywords per insert."),
+    token: str = typer.Option("", envvar="HLM_MILVUS_TOKEN", help="Milvus token (user:password), if the cluster needs one."),
+) -> None:
+    """Push an artifact's teacher keyword vectors into a Milvus collection (idempotent)."""
+    from rich.progress import Progress
+
+    from artifact.manifest import ArtifactError
+    from retrieval.base import IndexUnavailable
+    from retrieval.milvus import PushRefused, push_artifact
+
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("inserting keywords", total=None)
+            message = push_artifact(artifact, uri, collection, replace=replace, batch=batch, token=token,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (ArtifactError, PushRefused, IndexUnavailable) as exc:
+        typer.echo(f"hlm index push: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(message)
+
+
 if __name__ == "__main__":
     app()
