@@ -18,9 +18,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from artifact.manifest import ArtifactError, encoder_model
+from retrieval.base import IndexUnavailable, SearchParams
 from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job
+from service.errors import NotReady
 from service.loader import student_precision
 from service.metrics import Metrics
 from service.settings import Settings
@@ -28,6 +30,64 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 WARMUP_TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom", "paint"]
+INDEX_PROBE_S = 2.0  # how often a remote index (Milvus) is asked whether it answers
+
+
+def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int):
+    """The keyword index the settings name: the artifact's hnswlib graph, or its Milvus collection."""
+    idx = manifest["index"]
+    if settings.index_backend != "milvus":
+        return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef)
+    from retrieval.milvus import MilvusIndex  # pymilvus is the optional extra "scale"
+
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    try:
+        index = MilvusIndex(settings.milvus_uri, settings.milvus_collection, dim=int(idx["dim"]),
+                            artifact_sha256=manifest.get("artifact_sha256"), ef=ef, token=token,
+                            timeout_s=settings.milvus_timeout_s)
+    except IndexUnavailable as exc:  # unreachable at start: stop with its one sentence
+        raise ArtifactError(str(exc).rstrip(".") + ".") from None
+    return ServedIndex(index, settings.retry_after_s)
+
+
+class ServedIndex:
+    """A remote index as the service serves it: IndexUnavailable becomes a 503 with Retry-After.
+
+    The backend may fail while serving (Milvus restarted, a network partition); that is the
+    backend's trouble, not a bug of ours, so the client is told to come back (503) instead of
+    a 500, and readiness (``index_ready``) goes false until the probe sees it answer again.
+    """
+
+    def __init__(self, index: Any, retry_after_s: int):
+        self.inner = index
+        self.retry_after_s = retry_after_s
+        self.ready = True
+
+    def __getattr__(self, name: str) -> Any:  # dim, backend, healthy, properties ...
+        return getattr(self.inner, name)
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except IndexUnavailable as exc:
+            self.ready = False
+            raise NotReady(str(exc), code="index_unavailable",
+                           headers={"Retry-After": str(self.retry_after_s)}) from None
+
+    def __len__(self) -> int:
+        return self._guard(len, self.inner)
+
+    def verify(self) -> None:
+        self._guard(self.inner.verify)
+
+    def search(self, vectors: np.ndarray, params: SearchParams):
+        return self._guard(self.inner.search, vectors, params)
+
+    def upsert(self, ids, vectors, texts, attributes) -> None:
+        self._guard(self.inner.upsert, ids, vectors, texts, attributes)
+
+    def delete(self, ids) -> int:
+        return self._guard(self.inner.delete, ids)
 
 
 @dataclass
@@ -79,7 +139,9 @@ class Runtime:
         self.precision = student_precision(settings, manifest)
         self.slots: dict[str, EncoderSlot] = {}
         self.index: Optional[HnswIndex] = None
-        self.default_ef = settings.ef or int(manifest["index"].get("ef") or 64)
+        self.default_ef = ((settings.index_backend == "milvus" and settings.milvus_ef) or settings.ef
+                           or int(manifest["index"].get("ef") or 64))
+        self._index_probe: Optional[asyncio.Task] = None
 
     # ---- loading (blocking) ----
 
@@ -117,7 +179,7 @@ class Runtime:
             self.slots[name] = slot
         idx = self.manifest["index"]
         try:
-            self.index = HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), self.default_ef)
+            self.index = open_index(self.settings, self.manifest, root, self.default_ef)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ArtifactError(f"The index {idx['path']} cannot be loaded ({str(exc).rstrip('.')}).") from None
         if idx.get("count") is not None and int(idx["count"]) != len(self.index):
@@ -138,7 +200,7 @@ class Runtime:
                     self._encode(slot, WARMUP_TEXTS)
             if rounds:
                 vectors = self._encode(slot, WARMUP_TEXTS)[0]
-                self.index.search_labels(vectors, self.settings.default_k)
+                self.index.search(vectors, SearchParams(self.settings.default_k))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
@@ -155,8 +217,26 @@ class Runtime:
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
+        if hasattr(self.index, "healthy"):
+            self._index_probe = loop.create_task(self._probe_index())
+
+    @property
+    def index_ready(self) -> bool:
+        """False while a remote index does not answer (readiness should follow it)."""
+        return getattr(self.index, "ready", True)
+
+    async def _probe_index(self) -> None:
+        """Ask a remote index whether it answers; recovery needs no restart, only this."""
+        while True:
+            ok = await asyncio.to_thread(self.index.healthy)
+            if ok != self.index.ready:
+                self.index.ready = ok
+                self.metrics.ready.set(1 if ok else 0)
+            await asyncio.sleep(INDEX_PROBE_S)
 
     async def close(self) -> None:
+        if self._index_probe is not None:
+            self._index_probe.cancel()
         # The student first: shadow jobs it queues go to the teacher, drained after.
         for slot in self.slots.values():
             if slot.batcher is not None:

@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     ef: Optional[int] = Field(None, ge=1, description="HNSW ef when a request names none; default: the manifest's index.ef.")
     max_ef: int = Field(1000, ge=1, description="Largest ef a request may ask for.")
 
+    # Where the keyword vectors live: the artifact's hnswlib graph in this process (default), or a
+    # Milvus collection pushed from the same artifact by `hlm index push` (docs/SCALE.md).
+    index_backend: Literal["hnswlib", "milvus"] = Field("hnswlib", description="Keyword index backend.")
+    milvus_uri: Optional[str] = Field(
+        None, description="Milvus URI (http://host:19530, or a milvus-lite file ending in .db); needed when index_backend=milvus.")
+    milvus_collection: str = Field("hlm_keywords", min_length=1, description="The collection `hlm index push` created.")
+    milvus_ef: Optional[int] = Field(None, ge=1, description="HNSW ef on Milvus when a request names none; default: as hnswlib (ef, then the manifest's).")
+    milvus_token: Optional[SecretStr] = Field(None, description="Milvus token (user:password) if the cluster needs one.")
+    milvus_timeout_s: float = Field(
+        1.0, gt=0.0, le=60.0,
+        description="Bound of one Milvus call while serving; past it the query gets 503 + Retry-After, not a hung request.")
+
     # Micro-batching, one worker per encoder.
     max_batch: int = Field(16, ge=1, le=1024, description="Most queries one student batch holds.")
     teacher_max_batch: Optional[int] = Field(None, ge=1, le=1024, description="Most queries one teacher batch holds; default max_batch.")
@@ -107,6 +119,8 @@ class Settings(BaseSettings):
             raise ValueError(f"default_k ({self.default_k}) is larger than max_k ({self.max_k}).")
         if self.ef is not None and self.ef > self.max_ef:
             raise ValueError(f"ef ({self.ef}) is larger than max_ef ({self.max_ef}).")
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise ValueError("index_backend=milvus needs milvus_uri (HLM_MILVUS_URI).")
         return self
 
     @property
