@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from artifact.manifest import ArtifactError
-from service.api import routes_admin, routes_meta, routes_search
+from service.api import routes_admin, routes_meta, routes_openai, routes_playground, routes_search
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
@@ -118,6 +118,8 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     install_handlers(app)
     app.include_router(routes_search.build_router(service))
     app.include_router(routes_meta.build_router(service))
+    app.include_router(routes_openai.build_router(service))
+    app.include_router(routes_playground.build_router(service))
     if settings.admin_token is not None:  # no token configured: the admin routes do not exist (404)
         app.include_router(routes_admin.build_router(service, reloader))
     # Path templates for the metrics' route label of requests answered before routing (413,

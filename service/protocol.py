@@ -198,3 +198,102 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "The encoder's queue is full; retry after Retry-After seconds."},
     503: {"model": ErrorResponse, "description": "Not ready yet (loading, warming up) or shutting down."},
 }
+
+
+# ---- POST /v1/embeddings: the OpenAI embeddings API's request and response ----
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's `POST /v1/embeddings` body, as the `openai` client, LangChain and LlamaIndex send it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"model": "student", "input": "cordless drill"},
+                                        {"model": "teacher", "input": ["paint", "wood screws"], "encoding_format": "base64"}]},
+    )
+
+    # Token-id arrays are part of OpenAI's schema; they are accepted by the type only to be
+    # refused with a sentence that says what to send instead (see _texts below).
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text or a list of texts (at most HLM_MAX_QUERIES). Token-id arrays are not supported."
+    )
+    model: str = Field("student", description="`student`, `teacher`, or either encoder's model name from /v1/info.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, as OpenAI sends them."
+    )
+    dimensions: Optional[int] = Field(None, description="Accepted only when equal to the encoders' dimension.")
+    user: Optional[str] = Field(None, description="Accepted and ignored.")
+
+    _texts: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _clean(self, info: ValidationInfo):
+        raw = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not raw:
+            raise ValueError("input is an empty list; give a text or a list of texts")
+        if not all(isinstance(item, str) for item in raw):
+            raise ValueError("input as token ids is not supported: this service tokenises with its own encoders, "
+                             "send the texts (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))")
+        limits = _limits(info)
+        if limits and len(raw) > limits.max_queries:
+            raise ValueError(f"at most {limits.max_queries} inputs per request, got {len(raw)}")
+        cleaned = []
+        for i, text in enumerate(raw):
+            where = "input" if isinstance(self.input, str) else f"input[{i}]"
+            if limits and len(text) > limits.max_query_chars:
+                raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
+            text = normalise_text(text)
+            if not text:
+                raise ValueError(f"{where} is empty or whitespace only")
+            cleaned.append(text)
+        self._texts = cleaned
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return self._texts
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="The L2-normalised vector, or its float32 bytes in base64.")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the encoder read (after truncation to its token limit).")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str = Field(description="The model name the request gave.")
+    usage: EmbeddingsUsage
+
+
+# ---- GET /v1/stats ----
+
+
+class EncoderStats(BaseModel):
+    served: int = Field(description="Requests answered 200 in the window.")
+    refused: int = Field(description="Requests shed (429, 503) in the window.")
+    errors: int = Field(description="Other error answers in the window (after the encoder was known).")
+    served_rps: float
+    p50_ms: Optional[float] = Field(description="Of the served requests, from the histogram's buckets (PromQL's interpolation).")
+    p99_ms: Optional[float]
+
+
+class StatsPoint(BaseModel):
+    ago_s: float
+    served_rps: float
+    p99_ms: Optional[float]
+
+
+class StatsResponse(BaseModel):
+    status: str = Field(description="The service's phase, as /readyz says it.")
+    window_s: float = Field(description="Seconds the figures cover (the ring's oldest reading to now).")
+    target_window_s: float
+    encoders: dict[str, EncoderStats]
+    series: dict[str, list[StatsPoint]] = Field(description="Per interval between readings, oldest first.")

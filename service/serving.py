@@ -8,6 +8,7 @@ which the batch workers do off the loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -22,11 +23,12 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import ClientGone, NotReady, Unauthorized
+from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, Unauthorized
 from service.metrics import Metrics
-from service.protocol import EmbedRequest, SearchRequest
+from service.protocol import EmbeddingsRequest, EmbedRequest, SearchRequest
 from service.runtime import Answer, Query, Runtime
 from service.settings import Settings
+from service.stats import StatsRing
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class SearchService:
         self._shadow_dropped = metrics.rejected.labels("teacher", "shadow_dropped")
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin = f"Bearer {token}".encode() if token else None
+        self.stats_ring = StatsRing(metrics.request_duration)  # GET /v1/stats
 
     # ---- guards ----
 
@@ -221,6 +224,59 @@ class SearchService:
             "timings": self._timings(request, answer),
         }
         return Response(dumps(payload), media_type=JSON)
+
+    # ---- /v1/embeddings (OpenAI-compatible) ----
+
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI's embeddings answer, through the same batcher and Query as /v1/embed."""
+        body = await request.body()
+        req = parse(EmbeddingsRequest, body, self._context)
+        encoder = self.encoder_for_model(req.model)
+        request.scope["hlm.encoder"] = encoder
+        runtime = self.runtime()
+        slot = runtime.slots[encoder]
+        dim = int(runtime.manifest["index"]["dim"])
+        if req.dimensions is not None and req.dimensions != dim:
+            raise InvalidRequest(f"Invalid request: dimensions: the {encoder} encoder gives {dim}-d vectors "
+                                 f"and cannot shorten them; leave dimensions out or give {dim}.")
+        texts = req.texts
+        answer: Answer = await wait_answer(slot.batcher.submit(Query(texts, want_vectors=True), len(texts)),
+                                           request.receive)
+        if req.encoding_format == "base64":
+            # OpenAI's base64 is the raw little-endian float32 bytes of the vector.
+            vectors = answer.vectors.astype("<f4", copy=False)
+            embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+        else:
+            embeddings = answer.vectors.tolist()
+        tokens = sum(slot.encoder.token_counts(texts))
+        payload = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(dumps(payload), media_type=JSON)
+
+    def encoder_for_model(self, model: str) -> str:
+        """`student`/`teacher`, or the model name /v1/info lists for one of them."""
+        if model in ("student", "teacher"):
+            return model
+        runtime = self.state.runtime
+        names = {}
+        if runtime is not None:
+            for name, spec in runtime.manifest["encoders"].items():
+                if spec.get("model"):
+                    names.setdefault(spec["model"], name)
+        if model in names:
+            return names[model]
+        known = ", ".join(repr(n) for n in ["student", "teacher", *names])
+        raise ServiceError(f"There is no model {model!r} here; use one of {known}.", code="model_not_found",
+                           status=404)
+
+    # ---- /v1/stats ----
+
+    def stats(self) -> dict[str, Any]:
+        return {"status": self.state.phase.value} | self.stats_ring.summary()
 
     # ---- meta ----
 
