@@ -168,6 +168,27 @@ def verify_cmd(artifact: Path = typer.Argument(Path("artifacts/demo"))) -> None:
     typer.echo(f"{artifact}: verified ({len(manifest['files'])} files, sha256 {manifest['artifact_sha256'][:12]}…)")
 
 
+@app.command("query")
+def query_cmd(
+    text: str = typer.Argument(..., help="The query, e.g. \"cordless drill\"."),
+    encoder: str = typer.Option("both", help="student, teacher or both (side by side)."),
+    k: int = typer.Option(10, min=1, help="Keywords per encoder."),
+    ef: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (default the artifact's)."),
+    url: Optional[str] = typer.Option(None, help="A running service (default http://127.0.0.1:8000)."),
+    artifact: Optional[Path] = typer.Option(None, help="Answer straight from this artifact folder, no service."),
+) -> None:
+    """One query's keywords from the student and the teacher, side by side, shared ones marked."""
+    from hlm.query import QueryError, run
+
+    try:
+        code = run(text, encoder=encoder, k=k, url=url, artifact=artifact, ef=ef)
+    except QueryError as exc:
+        typer.echo(f"hlm query: {exc}", err=True)
+        raise typer.Exit(2)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command()
 def serve(
     artifact: Optional[Path] = typer.Option(None, help="Artifact folder (default HLM_ARTIFACT_DIR or artifacts/demo)."),
