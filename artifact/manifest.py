@@ -20,7 +20,9 @@ inside the graph, so the runtime needs no post-processing.
 
 The service trusts nothing the manifest does not vouch for: ``verify`` raises
 ``ArtifactError`` with one sentence for a missing file, a wrong checksum, an
-unreadable manifest or inconsistent dimensions.
+unreadable manifest, inconsistent dimensions, a top-level ``artifact_sha256`` that is
+not the hash of the listed files, or a listed path that leads outside the folder
+(absolute, ``..``, or a symlink whose target lies elsewhere).
 """
 
 from __future__ import annotations
@@ -103,8 +105,11 @@ def verify(root: Path | str, *, checksums: bool = True) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{root / MANIFEST_NAME} lists no files.")
+    inside = root.resolve()
     for rel, info in files.items():
-        path = root / rel
+        path = _inside(root, inside, rel)
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise ArtifactError(f"The manifest's entry for {rel} has no sha256.")
         if not path.is_file():
             raise ArtifactError(f"Artifact file {rel} named in the manifest is missing from {root}.")
         if path.stat().st_size != info.get("bytes"):
@@ -113,8 +118,26 @@ def verify(root: Path | str, *, checksums: bool = True) -> dict[str, Any]:
             )
         if checksums and sha256_file(path) != info.get("sha256"):
             raise ArtifactError(f"Artifact file {rel} does not match its sha256 in the manifest (corrupted or replaced).")
+    # The top-level hash is what /v1/info, the metrics and reloads report: it must be the
+    # hash of the files just checked, or a hand-edited manifest could claim another build.
+    if manifest.get("artifact_sha256") != artifact_hash(files):
+        raise ArtifactError("The manifest's artifact_sha256 is not the hash of the files it lists (forged or stale).")
     _check_references(root, manifest)
     return manifest
+
+
+def _inside(root: Path, inside: Path, rel: Any) -> Path:
+    """``root / rel`` if it stays inside the artifact folder (``inside``: root resolved)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        raise ArtifactError(f"The manifest lists a file name that is not a relative path ({rel!r}).")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts:
+        raise ArtifactError(f"The manifest lists {rel!r}, a path outside the artifact folder.")
+    path = root / rel
+    # A symlink may point anywhere: what is served must be the folder's own files.
+    if not path.resolve().is_relative_to(inside):
+        raise ArtifactError(f"Artifact file {rel} leads outside the artifact folder (a symlink to {path.resolve()}).")
+    return path
 
 
 def _check_references(root: Path, manifest: dict[str, Any]) -> None:

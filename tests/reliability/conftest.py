@@ -1,8 +1,10 @@
 """Fixtures for the reliability tests: real servers on loopback, artifact variants.
 
 The servers come from tests/service/http_helpers.py (`hlm serve` in a subprocess).
-Artifact variants are folders of symlinks to the small artifact's files with only the
-changed files copied, so a variant costs almost nothing to make.
+Artifact variants are folders of hard links to the small artifact's files with only the
+changed files copied, so a variant costs almost nothing to make. (Not symlinks: `verify`
+refuses a file that leads outside its folder. A test must only write to copied files: a
+hard link shares its bytes with the original.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TOKEN = "hlm-test-admin-token-7f3c9a"
 
 
 def clone_artifact(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
-    """A variant of ``src``: the manifest and the files named in ``copy`` copied, the rest symlinked."""
+    """A variant of ``src``: the manifest and the files named in ``copy`` copied, the rest hard-linked."""
     for path in Path(src).rglob("*"):
         if path.is_file():
             rel = path.relative_to(src).as_posix()
@@ -34,7 +36,10 @@ def clone_artifact(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
             if rel == MANIFEST_NAME or rel in copy:
                 shutil.copy(path, target)
             else:
-                os.symlink(path.resolve(), target)
+                try:
+                    os.link(path.resolve(), target)
+                except OSError:  # another file system: a copy (slower, same result)
+                    shutil.copy(path, target)
     return dst
 
 

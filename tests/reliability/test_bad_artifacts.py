@@ -1,6 +1,6 @@
 """Bad artifacts: each is refused with one sentence naming the problem, before serving.
 
-Variants are symlink clones of the small artifact with one thing broken; the ones that
+Variants are hard-linked clones of the small artifact with one thing broken; the ones that
 re-write the manifest to vouch for the broken file are what a checksum alone misses.
 The same checks run at start-up and on every reload (see test_reload.py).
 """
@@ -85,6 +85,14 @@ def keyword_count_mismatch(src, dst):
     rewrite_manifest(dst, ("index/keywords.tsv",))
 
 
+def forged_artifact_sha256(src, dst):
+    # Every file intact, only the top-level hash (what /v1/info and the metrics report) claims another build.
+    clone_artifact(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["artifact_sha256"] = "0" * 64
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
 CASES = [
     (missing_file, ("student",), "Artifact file index/keywords.tsv named in the manifest is missing"),
     (wrong_checksum, ("student",), "Artifact file index/keywords.tsv does not match its sha256"),
@@ -94,6 +102,7 @@ CASES = [
     (index_dimension_mismatch, ("student",), "outputs 768-d vectors but the index holds 384-d vectors."),
     (unreadable_manifest, ("student",), "manifest.json is not readable JSON"),
     (keyword_count_mismatch, ("student",), "The index holds 500 vectors but the keyword store has 499 rows"),
+    (forged_artifact_sha256, ("student",), "The manifest's artifact_sha256 is not the hash of the files it lists"),
     (lambda s, d: swap_tokenizer(s, d), ("student",),
      "The student tokenizer student/tokenizer.json does not belong to the model student/model.int8.onnx: "
      "its tokenizer has 30527 tokens but the model's word embedding has fewer rows."),
