@@ -137,7 +137,61 @@ def _x(x) -> str:
     return f"{x:.2f}×"
 
 
-def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict) -> str:
+# The PNGs compare.write_run puts beside report.md: embedded by relative link, so the report
+# shows them wherever the run folder is opened (a Git host, an editor's preview).
+PLOTS = (("latency_vs_load.png", "Latency against offered load, by encoder"),
+         ("latency_hist.png", "Latency distribution at a rate every encoder ran"))
+
+
+def _times(x: float) -> str:
+    return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×"
+
+
+def verdict(summary: dict, slos_ms: Sequence[float]) -> str:
+    """One sentence a person can act on, from the summary's sustained rates.
+
+    The first encoder that is not the baseline is set against the baseline at the strictest
+    SLO that either met (e.g. "student sustains 11× the teacher at p99 ≤ 15 ms ...").
+    """
+    base = summary["baseline"]
+    encoders = summary["encoders"]
+    others = [name for name in encoders if name != base]
+    if not others:
+        return f"Only {base} was measured: compare it against another encoder in the same run before acting."
+    name = others[0]
+    e, b = encoders[name], encoders[base]
+
+    def rate(row: dict, key: str) -> tuple[float | None, str]:
+        value = row["max_rps"].get(key)
+        return value, ("≥ " if value is not None and row["capped"].get(key) else "")
+
+    for slo in sorted(slos_ms):
+        key = slo_key(slo)
+        (num, num_at_least), (den, den_at_least) = rate(e, key), rate(b, key)
+        if num is None and den is None:
+            continue
+        if num is not None and den is not None and den > 0:
+            ratio = num / den
+            bound = "at least " if num_at_least and not den_at_least else ""
+            if ratio >= 1:
+                return (f"{name} sustains {bound}{_times(ratio)} the {base} at p99 ≤ {slo:g} ms "
+                        f"({num_at_least}{num:g} vs {den_at_least}{den:g} requests/s): serve {name}, and size "
+                        f"capacity from its {num:g} requests/s per process.")
+            return (f"{base} sustains {_times(1 / ratio)} the {name} at p99 ≤ {slo:g} ms "
+                    f"({den_at_least}{den:g} vs {num_at_least}{num:g} requests/s): do not replace the {base} "
+                    f"with this {name}.")
+        if num is not None:
+            return (f"{name} sustains {num_at_least}{num:g} requests/s at p99 ≤ {slo:g} ms, a latency the {base} "
+                    f"met at no tested rate: serve {name}, and size capacity from that rate per process.")
+        return (f"Only the {base} met p99 ≤ {slo:g} ms ({den_at_least}{den:g} requests/s); {name} met it at no "
+                f"tested rate: do not replace the {base} with this {name}.")
+    loose = max(slos_ms) if slos_ms else 0
+    return (f"Neither {name} nor {base} met p99 ≤ {loose:g} ms at any tested rate: check the server "
+            "(CPU pinning, other load on the machine) before comparing.")
+
+
+def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict,
+             plots: Sequence[tuple[str, str]] = PLOTS) -> str:
     slos = sorted(meta["slos_ms"])
     lines = [f"# Load test: {' vs '.join(sw.encoder for sw in sweeps)}", ""]
     lines += [
@@ -178,6 +232,11 @@ def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(_x(r.get(k)) for r in summary["ratios"].values()) + " |")
     if summary["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, alt in plots:
+            lines += [f"![{alt}]({name})", ""]
+        lines.pop()
     lines += ["", "## Steps in run order", "",
               "Client latency in ms from the scheduled start; server columns from /metrics histogram deltas "
               "(status 200, PromQL histogram_quantile interpolation).", ""]
@@ -194,6 +253,7 @@ def markdown(meta: dict, sweeps: Sequence[EncoderSweep], summary: dict) -> str:
             _f(s.latency.get("p99.9"), 2), _f(s.latency.get("max"), 2),
             _f(srv.get("p99"), 2), _f(srv.get("rps"), 1), errs, str(s.generator_lag),
         ] + ["✓" if v[slo_key(x)]["sustained"] else "✗ " + v[slo_key(x)]["reason"] for x in slos]) + " |")
+    lines += ["", "## Verdict", "", "**" + verdict(summary, slos) + "**"]
     return "\n".join(lines) + "\n"
 
 
