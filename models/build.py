@@ -198,7 +198,7 @@ def build(
         with timer.step("student"):
             if student_checkpoint is None and {"2", "3"} & set(profile.distill_phases):
                 student_checkpoint = _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teacher_folder)
-            student_torch, student_note, student_tok = _make_student(
+            student_torch, student_note, student_tok, quantizable = _make_student(
                 profile, inputs, keyword_vectors, fit_targets, student_checkpoint, threads
             )
 
@@ -207,9 +207,12 @@ def build(
             student_int8 = stage / "student" / "model.int8.onnx"
             export_mod.copy_tokenizer(tokenizer_path(student_tok), stage / "student" / "tokenizer.json", profile.max_length)
             export_mod.export_onnx(student_torch, student_onnx, tokenizer_path(student_tok))
-            export_mod.quantize_int8(student_onnx, student_int8)
             student = OnnxEncoder(student_onnx, stage / "student" / "tokenizer.json", profile.max_length, threads)
-            student8 = OnnxEncoder(student_int8, stage / "student" / "tokenizer.json", profile.max_length, threads)
+            student8 = None
+            if quantizable:
+                export_mod.quantize_int8(student_onnx, student_int8)
+                student8 = OnnxEncoder(student_int8, stage / "student" / "tokenizer.json", profile.max_length, threads)
+            served = student8 or student  # the gate scores the precision the service serves by default
             probe = inputs.heldout_queries[:64]
             parity = {
                 "teacher_onnx_vs_torch": export_mod.cosine_parity(
@@ -218,8 +221,9 @@ def build(
                 "student_onnx_vs_torch": export_mod.cosine_parity(
                     student.encode_many(probe), export_mod.torch_encode(student_torch, tokenizer_path(student_tok), probe)
                 ),
-                "student_int8_vs_fp32": export_mod.cosine_parity(student8.encode_many(probe), student.encode_many(probe)),
             }
+            if student8 is not None:
+                parity["student_int8_vs_fp32"] = export_mod.cosine_parity(student8.encode_many(probe), student.encode_many(probe))
             for name, p in parity.items():
                 print(f"  parity {name}: mean cosine {p['mean_cosine']:.5f}, min {p['min_cosine']:.5f}")
             del teacher_torch
@@ -227,7 +231,7 @@ def build(
         with timer.step("eval"):
             summary = _agreement(
                 inputs.heldout_queries, heldout_teacher, keyword_vectors,
-                {"student_fp32": student, "student_int8": student8},
+                {"student_fp32": student, **({"student_int8": student8} if student8 is not None else {})},
             )
             summary["hnsw_recall_at_10"] = round(graph_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
             summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(
@@ -237,12 +241,14 @@ def build(
                 summary["phase1"] = phase1
             (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
             for name in ("student_fp32", "student_int8"):
+                if name not in summary:
+                    continue
                 s = summary[name]
                 print(f"  {name}: overlap@10 with teacher {s['overlap_at_10']:.3f}, mean cosine {s['mean_cosine']:.3f}")
             print(f"  hnsw recall@10 at ef={profile.hnsw_ef}: {summary['hnsw_recall_at_10']}")
 
         with timer.step("gate"):
-            gate = _gate(profile, inputs, teacher, teacher_cache, student8, gate_share, allow_below_gate)
+            gate = _gate(profile, inputs, teacher, teacher_cache, served, gate_share, allow_below_gate)
             summary["gate"] = gate.to_dict()
             (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
             print(f"  {gate.message}")
@@ -250,7 +256,8 @@ def build(
         with timer.step("manifest"):
             teacher_note = TEACHER_NAME if teacher_folder is None else (
                 f"{TEACHER_NAME} fine-tuned on judged train pairs (phase 1, step {phase1['step']})")
-            manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok, teacher_note)
+            manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok, teacher_note,
+                                 int8=student8 is not None)
             manifest["servable"] = gate.servable
             manifest["gate"] = gate.to_dict()
             manifest = write_manifest(stage, manifest)
@@ -326,9 +333,14 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
         from models.distill.checkpoint import load_student_checkpoint, read_spec
         from models.distill.students import tokenizer_name
 
+        from models.distill.students import is_quantizable
+
         spec, info = read_spec(checkpoint)
-        note = f"{spec.name} trained by hlm distill ({info.get('phase', 'distilled')}, step {info.get('step')})"
-        return load_student_checkpoint(checkpoint), note, tokenizer_name(spec)
+        step = info.get("best_step") or info.get("step")
+        note = f"{spec.name} trained by hlm distill ({info.get('phase', 'distilled')}, step {step})"
+        if info.get("cut_short"):
+            note += f"; {info['cut_short']}"
+        return load_student_checkpoint(checkpoint), note, tokenizer_name(spec), is_quantizable(spec)
 
     base = load_student_base()
     # The base model's own vectors of the fit texts, via a temporary ONNX export (bulk
@@ -346,7 +358,7 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
     y = np.concatenate([fit_targets, keyword_vectors])
     weight, bias = fit_projection(x, y, profile.ridge)
     note = f"{STUDENT_BASE_NAME} + linear 384->768 (closed-form ridge fit on {len(x)} texts)"
-    return attach_projection(base, weight, bias), note, "student"
+    return attach_projection(base, weight, bias), note, "student", True
 
 
 def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
@@ -386,7 +398,8 @@ def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
     return out
 
 
-def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student", teacher_note=TEACHER_NAME) -> dict:
+def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student", teacher_note=TEACHER_NAME,
+              int8: bool = True) -> dict:
     encoder_common = {"pooling": "mean", "normalized": True, "max_length": profile.max_length,
                       "inputs": ["input_ids", "attention_mask"], "output": "embedding"}
     return {
@@ -405,8 +418,11 @@ def _manifest(profile, inputs, teacher, student, student_note, summary, student_
             "student": {
                 **encoder_common,
                 "onnx": "student/model.onnx",
-                "onnx_int8": "student/model.int8.onnx",
-                "default_precision": "int8",
+                "onnx_int8": "student/model.int8.onnx" if int8 else None,
+                "default_precision": "int8" if int8 else "fp32",
+                # Dynamic int8 scales activations over the whole batch, so its answers depend on
+                # batch-mates; fp32 graphs do not. The service batches only what is invariant.
+                "batch_invariant": {"fp32": True, "int8": False},
                 "tokenizer": "student/tokenizer.json",
                 "dim": student.dim,
                 "model": student_note,

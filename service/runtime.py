@@ -9,6 +9,8 @@ encoder so the slow teacher never holds up the student.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,10 +20,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from artifact.manifest import ArtifactError, encoder_model
-from retrieval.base import IndexUnavailable, SearchParams
+from retrieval.base import Hit, IndexUnavailable, SearchParams
 from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job
+from service.live.keywords import LiveKeywords, LiveUnavailable
 from service.errors import NotReady
 from service.loader import student_precision
 from service.metrics import Metrics
@@ -29,6 +32,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_GENERATIONS = itertools.count(1)
 WARMUP_TEXTS = ["cordless drill", "how to fix a leaky faucet in the bathroom", "paint"]
 INDEX_PROBE_S = 2.0  # how often a remote index (Milvus) is asked whether it answers
 
@@ -37,7 +41,8 @@ def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int
     """The keyword index the settings name: the artifact's hnswlib graph, or its Milvus collection."""
     idx = manifest["index"]
     if settings.index_backend != "milvus":
-        return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef)
+        return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef,
+                         attributes_path=root / idx["attributes"] if idx.get("attributes") else None)
     from retrieval.milvus import MilvusIndex  # pymilvus is the optional extra "scale"
 
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
@@ -98,6 +103,7 @@ class Query:
     k: int = 0  # 0: embed only, no index search
     ef: int = 0
     want_vectors: bool = False
+    filter: Optional[dict] = None  # attribute -> value or list of values, inside the ANN search
 
 
 @dataclass
@@ -105,8 +111,7 @@ class Answer:
     """One job's share of a batch."""
 
     truncated: list[bool]
-    labels: Optional[list[list[int]]] = None
-    scores: Optional[list[list[float]]] = None
+    hits: Optional[list[list[Hit]]] = None  # per query, best first
     vectors: Optional[np.ndarray] = None
     queue_s: float = 0.0
     encode_s: float = 0.0
@@ -142,6 +147,8 @@ class Runtime:
         self.default_ef = ((settings.index_backend == "milvus" and settings.milvus_ef) or settings.ef
                            or int(manifest["index"].get("ef") or 64))
         self._index_probe: Optional[asyncio.Task] = None
+        self.live: Optional[LiveKeywords] = None  # live keyword changes (HLM_STATE_DIR), shared across reloads
+        self.generation = next(_GENERATIONS)  # what result caches key on (service/result_cache.py)
 
     # ---- loading (blocking) ----
 
@@ -171,7 +178,10 @@ class Runtime:
                                     f"{mismatch}.")
             log.info("%s encoder %s (%s) on %s loaded in %.1f s", name, model, precision, encoder.provider,
                      time.perf_counter() - t0)
-            row_by_row = precision == "int8" and self.settings.exact_batches
+            # The manifest says which precisions give a text the same vector whatever its
+            # batch-mates (older manifests: fp32 yes, dynamic int8 no).
+            invariant = (spec.get("batch_invariant") or {}).get(precision, precision != "int8")
+            row_by_row = not invariant and self.settings.exact_batches
             slot = EncoderSlot(name, precision, spec.get("model", name), encoder, row_by_row=row_by_row)
             slot.m_encode = self.metrics.encoder_duration.labels(name, precision)
             slot.m_index = self.metrics.index_duration.labels(name)
@@ -189,6 +199,25 @@ class Runtime:
         except ValueError as exc:
             raise ArtifactError(f"The index {idx['path']} cannot be served: {exc}.") from None
         log.info("index: %d keywords, dim %d, ef %d", len(self.index), self.index.dim, self.default_ef)
+        if self.live is None and self.settings.state_dir is not None and "teacher" in self.slots:
+            self._open_live()
+
+    def _open_live(self) -> None:
+        """Start-up only: the state folder's snapshot + log onto this artifact's index. (A reload
+        carries the open live set over instead: service/reload.py.)"""
+        try:
+            self.live = LiveKeywords(self.settings.state_dir, self.metrics, queue_size=self.settings.ingest_queue_size,
+                                     snapshot_every=self.settings.snapshot_every,
+                                     snapshot_bytes=self.settings.snapshot_log_bytes)
+            self.live.attach(self.index, self.slots["teacher"].encoder, self.teacher_sha256)
+        except (LiveUnavailable, OSError, ValueError) as exc:
+            raise ArtifactError(f"The live keywords in {self.settings.state_dir} cannot be loaded: {exc}") from None
+
+    @property
+    def teacher_sha256(self) -> str:
+        """The teacher's identity for live keyword vectors: its ONNX file's sha256 in the manifest."""
+        onnx = self.manifest["encoders"]["teacher"]["onnx"]
+        return str(self.manifest["files"][onnx]["sha256"])
 
     def warm_up(self) -> None:
         rounds = self.settings.warmup_rounds
@@ -205,6 +234,8 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
         self.metrics.index_size.set(len(self.index))
+        if self.live is not None:  # the ingest thread (once per process: a reload carries it over)
+            self.live.start(loop)
         for name, slot in self.slots.items():
             slot.batcher = Batcher(
                 name,
@@ -257,27 +288,25 @@ class Runtime:
         slot.m_encode.observe(t1 - t0)
 
         # Rows answered by one index call share an effective ef (max(ef, k), what hnswlib
-        # uses); within a group the top-k of a larger-k search equals a k search, so the
-        # answer does not depend on which other requests rode in the batch.
+        # uses) and a filter; within a group the top-k of a larger-k search equals a k search,
+        # so the answer does not depend on which other requests rode in the batch.
         spans, start = [], 0
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for qi, q in enumerate(queries):
             spans.append((start, start + len(q.texts)))
             start += len(q.texts)
             if q.k:
-                groups.setdefault(max(q.ef, q.k), []).append(qi)
-        labels: dict[int, Any] = {}
-        scores: dict[int, Any] = {}
-        for ef, members in groups.items():
+                key = (max(q.ef, q.k), json.dumps(q.filter, sort_keys=True) if q.filter else None)
+                groups.setdefault(key, []).append(qi)
+        hits: dict[int, list[list[Hit]]] = {}
+        for (ef, _), members in groups.items():
             rows = [r for qi in members for r in range(*spans[qi])]
             k = max(queries[qi].k for qi in members)
-            lab, sc = self.index.search_labels(vectors[rows], k, ef)
-            lab, sc = lab.tolist(), sc.tolist()
+            found = self.index.search(vectors[rows], SearchParams(k, ef, queries[members[0]].filter))
             pos = 0
             for qi in members:
                 n, kq = len(queries[qi].texts), queries[qi].k
-                labels[qi] = [row[:kq] for row in lab[pos:pos + n]]
-                scores[qi] = [row[:kq] for row in sc[pos:pos + n]]
+                hits[qi] = [row[:kq] for row in found[pos:pos + n]]
                 pos += n
         t2 = time.perf_counter()
         if groups:
@@ -289,8 +318,7 @@ class Runtime:
             a, b = spans[qi]
             answers.append(Answer(
                 truncated=truncated[a:b],
-                labels=labels.get(qi),
-                scores=scores.get(qi),
+                hits=hits.get(qi),
                 vectors=vectors[a:b] if q.want_vectors else None,
                 queue_s=job.started - job.enqueued,
                 encode_s=t1 - t0,

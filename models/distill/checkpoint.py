@@ -31,7 +31,16 @@ def read_spec(folder: Path) -> tuple[StudentSpec, dict]:
 
 def load_student_checkpoint(folder: Path) -> SentenceEncoder:
     spec, _ = read_spec(folder)
-    model = make_student(spec)
-    model.load_state_dict(torch.load(Path(folder) / "model.pt", map_location="cpu"))
+    state = torch.load(Path(folder) / "model.pt", map_location="cpu")
+    if spec.family == "static":
+        # The table's shape is in the checkpoint: no teacher needed to rebuild the module.
+        from models.distill.static import StaticStudent
+
+        keep = state["keep"]
+        special = [i for i, w in enumerate(keep.tolist()) if w < 1.0]
+        model = StaticStudent(state["table.weight"].numpy(), special, head=spec.head)
+    else:
+        model = make_student(spec)
+    model.load_state_dict(state)
     model.eval()
     return model

@@ -2,8 +2,11 @@
 
 - ``minilm-l6``: all-MiniLM-L6-v2 (384-d) + a linear projection to the teacher's 768-d.
 - ``minilm-l3``: the same with only its first 3 layers.
-- ``mpnet-l2``/``-l3``/``-l4``: the teacher itself cut to its first k of 12 layers: same
-  width and tokenizer, no projection; it starts inside the teacher's space.
+- ``mpnet-l1``/``-l2``/``-l3``/``-l4``: the teacher itself cut to its first k of 12 layers:
+  same width and tokenizer, no projection; it starts inside the teacher's space.
+- ``static`` / ``static-head``: no encoder at all: a table of teacher vectors, one per token
+  of the teacher's vocabulary, averaged with learned weights (``static-head`` adds a residual
+  768x768 linear head); see ``models/distill/static.py``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from models.student_linear import attach_projection
 @dataclass(frozen=True)
 class StudentSpec:
     name: str
-    family: str  # "minilm" or "mpnet": which tokenizer and weights it starts from
+    family: str  # "minilm", "mpnet" or "static": which tokenizer and weights it starts from
     layers: int
     projection: bool
+    head: bool = False  # static students: a residual linear head after the token average
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,9 +35,12 @@ class StudentSpec:
 STUDENTS = {
     "minilm-l6": StudentSpec("minilm-l6", "minilm", 6, True),
     "minilm-l3": StudentSpec("minilm-l3", "minilm", 3, True),
+    "mpnet-l1": StudentSpec("mpnet-l1", "mpnet", 1, False),
     "mpnet-l2": StudentSpec("mpnet-l2", "mpnet", 2, False),
     "mpnet-l3": StudentSpec("mpnet-l3", "mpnet", 3, False),
     "mpnet-l4": StudentSpec("mpnet-l4", "mpnet", 4, False),
+    "static": StudentSpec("static", "static", 0, False),
+    "static-head": StudentSpec("static-head", "static", 0, False, head=True),
 }
 
 
@@ -45,7 +52,13 @@ def get_spec(name: str) -> StudentSpec:
 
 def tokenizer_name(spec: StudentSpec) -> str:
     """Which packaged tokenizer the student uses ('student' = MiniLM's, 'teacher' = MPNet's)."""
-    return "teacher" if spec.family == "mpnet" else "student"
+    return "student" if spec.family == "minilm" else "teacher"
+
+
+def is_quantizable(spec: StudentSpec) -> bool:
+    """Whether an int8 copy is worth making: transformer students only (a static student is a
+    gather and a sum; its fp32 graph is already tens of microseconds and batch-invariant)."""
+    return spec.family != "static"
 
 
 def make_student(
@@ -57,6 +70,10 @@ def make_student(
     passes the closed-form fit instead, which is a much better starting point. Cut
     students start from ``teacher_folder`` (a phase-1 fine-tuned teacher) when given.
     """
+    if spec.family == "static":
+        from models.distill.static import make_static_student
+
+        return make_static_student(Path(teacher_folder) if teacher_folder else None, head=spec.head)
     if spec.family == "mpnet":
         model = load_teacher(Path(teacher_folder) if teacher_folder else None)
         keep_first_layers(model.transformer, spec.layers)

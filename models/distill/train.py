@@ -8,13 +8,16 @@ One loop, the objective chosen by weights:
   against the teacher's frozen product vectors with in-batch and mined hard negatives,
   plus a share of the L2 term so the student does not drift out of the teacher's space.
 
-AdamW with linear warm-up and linear decay; a wall-clock budget as well as a step
-budget; checkpoints (model + optimizer + scheduler + step) every few hundred steps, so a
+AdamW with linear warm-up and linear decay over a step budget (seeded, so the same inputs
+give the same student on any machine); a wall-clock limit only as an upper guard, reported
+in the checkpoint (``cut_short``) when it ends a run early. Optional validation on a held-out
+slice of the training pool keeps the best step (``validate_every``). Checkpoints (model + optimizer + scheduler + step) every few hundred steps, so a
 killed run resumes where it stopped (``--resume`` is the default when the folder exists).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -55,6 +58,13 @@ class TrainConfig:
     # The word-embedding table is half of MiniLM's weights: freezing it halves the
     # optimizer's work and keeps rare words (unseen in training) where pre-training put them.
     freeze_embeddings: bool = True
+    # Static students: pull the token table towards its teacher initialisation (rows of rare
+    # tokens, seen in few training texts, stay where the teacher put them).
+    anchor_weight: float = 0.0
+    # Validation every this many steps on a held-out slice (by a hash of the text, so it is
+    # the same slice on every run) of the pool; the best step is kept. 0 = off.
+    validate_every: int = 0
+    holdout_share: float = 0.05
     seed: int = 0
     notes: dict = field(default_factory=dict)
 
@@ -108,43 +118,74 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
         model.load_state_dict(torch.load(Path(config.init) / "model.pt", map_location="cpu"))
         print(f"[distill] starting from {config.init}")
     model.train()
-    if config.freeze_embeddings:
+    if config.freeze_embeddings and hasattr(model, "transformer"):
         model.transformer.embeddings.word_embeddings.weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # A static student's token table gets sparse gradients (a batch touches a few thousand of
+    # its 30k rows): SparseAdam updates only those rows, AdamW the rest; a dense update of the
+    # whole 23M-value table every step would cost most of the step.
+    sparse = list(model.sparse_parameters()) if hasattr(model, "sparse_parameters") else []
+    trainable = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in sparse)]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
     warmup = int(config.max_steps * config.warmup_share)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.max_steps, warmup))
+    extra = []
+    if sparse:
+        sparse_optimizer = torch.optim.SparseAdam(sparse, lr=config.lr)
+        extra.append((sparse_optimizer, torch.optim.lr_scheduler.LambdaLR(
+            sparse_optimizer, lambda s: _schedule(s, config.max_steps, warmup))))
     step = 0
     history: list[dict] = []
     elapsed_before = 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for (opt, sched), saved in zip(extra, state.get("extra", [])):
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
         step, history, elapsed_before = state["step"], state["history"], state["elapsed_s"]
 
     contrastive = config.contrastive_weight > 0
-    pool = len(data.pair_queries) if contrastive else len(data.texts)
+    pool_texts = data.pair_queries if contrastive else data.texts
+    if not pool_texts:
+        raise ValueError("no training examples for this objective")
+    train_rows, held_rows = list(range(len(pool_texts))), []
+    if config.validate_every:
+        held = {i for i, t in enumerate(pool_texts) if _held_out(t, config.holdout_share)}
+        train_rows, held_rows = [i for i in train_rows if i not in held], sorted(held)
+    pool = len(train_rows)
     if pool == 0:
         raise ValueError("no training examples for this objective")
     rng = random.Random(config.seed + step)
     doc_vectors = torch.from_numpy(data.doc_vectors) if data.doc_vectors is not None else None
+
+    best = state.get("best") if state is not None else None
+    cut_short = None
+
+    def validate() -> float:
+        score = _validation_score(model, tokenizer, data, held_rows, contrastive)
+        model.train()
+        return score
 
     started = time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=step, desc=f"distill {spec.name}", unit="step", mininterval=5)
     running = None
 
     def checkpoint():
-        info = {"config": asdict(config), "step": step, "history": history[-50:]}
+        info = {"config": asdict(config), "step": step, "history": history[-50:], "cut_short": cut_short}
+        if best is not None:
+            info["best_step"], info["best_validation"] = best["step"], best["score"]
         save_checkpoint(out, model, spec, info, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "history": history, "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "history": history, "elapsed_s": elapsed_before + time.perf_counter() - started, "best": best,
+            "extra": [{"optimizer": opt.state_dict(), "scheduler": sched.state_dict()} for opt, sched in extra],
         })
 
     while step < config.max_steps:
         if (elapsed_before + time.perf_counter() - started) / 60 > config.minutes:
-            print(f"[distill] time budget of {config.minutes} min reached at step {step}")
+            cut_short = f"the {config.minutes:g}-minute guard stopped it at step {step} of {config.max_steps}"
+            print(f"[distill] {cut_short}")
             break
-        rows = rng.sample(range(pool), min(config.batch_size, pool))
+        rows = [train_rows[i] for i in rng.sample(range(pool), min(config.batch_size, pool))]
         losses = {}
         if contrastive:
             texts = [data.pair_queries[i] for i in rows]
@@ -178,7 +219,10 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             candidates = doc_vectors[torch.from_numpy(data.text_candidates[rows, : config.kl_candidates])]
             losses["kl"] = ranking_kl(vectors, targets, candidates, config.kl_temperature)
             loss = loss + config.kl_weight * losses["kl"]
-        optimizer_step(loss, optimizer, scheduler, trainable)
+        if config.anchor_weight and hasattr(model, "anchor_loss"):
+            losses["anchor"] = model.anchor_loss(ids)
+            loss = loss + config.anchor_weight * losses["anchor"]
+        optimizer_step(loss, optimizer, scheduler, trainable, extra)
         step += 1
         values = {k: float(v.detach()) for k, v in losses.items()}
         running = values if running is None else {k: 0.98 * running.get(k, v) + 0.02 * v for k, v in values.items()}
@@ -186,21 +230,61 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
             history.append({"step": step, **{k: round(v, 5) for k, v in running.items()}})
+        if config.validate_every and (step % config.validate_every == 0 or step == config.max_steps):
+            score = validate()
+            history.append({"step": step, "validation": round(score, 5)})
+            if best is None or score > best["score"]:
+                best = {"step": step, "score": score, "model": _cpu_copy(model.state_dict())}
         if step % config.checkpoint_every == 0:
             checkpoint()
     bar.close()
+    if best is not None and best["step"] != step:
+        print(f"[distill] keeping step {best['step']} (validation {best['score']:.4f}), not the last step {step}")
+        model.load_state_dict(best["model"])
     model.eval()
     checkpoint()
     return out
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, scheduler, trainable) -> None:
-    """One update: gradients clipped to norm 1 (a bad batch cannot throw the model far)."""
+def _held_out(text: str, share: float) -> bool:
+    digest = hashlib.sha256(f"holdout\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@torch.no_grad()
+def _validation_score(model, tokenizer, data: TrainingData, rows: list[int], contrastive: bool) -> float:
+    """Held-out score, higher is better: phase 2 the mean cosine to the teacher's vectors;
+    phase 3 the MRR@10 of each held-out pair's positive among all frozen keyword vectors."""
+    if not rows:
+        return 0.0
+    model.eval()
+    texts = [(data.pair_queries if contrastive else data.texts)[i] for i in rows]
+    vectors = torch.cat([model(*_tokenize(tokenizer, texts[i:i + 256])) for i in range(0, len(texts), 256)])
+    if not contrastive:
+        return float((vectors * torch.from_numpy(data.text_targets[rows])).sum(dim=1).mean())
+    scores = vectors @ torch.from_numpy(data.doc_vectors).T
+    positive = torch.tensor([data.pair_positive[i] for i in rows])
+    rank = (scores > scores.gather(1, positive[:, None])).sum(dim=1)
+    return float(torch.where(rank < 10, 1.0 / (rank + 1).float(), torch.zeros(())).mean())
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scheduler, trainable, extra=()) -> None:
+    """One update: dense gradients clipped to norm 1 (a bad batch cannot throw the model far);
+    ``extra`` (optimizer, scheduler) pairs step too (the sparse table of a static student)."""
     optimizer.zero_grad(set_to_none=True)
+    for opt, _ in extra:
+        opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     scheduler.step()
+    for opt, sched in extra:
+        opt.step()
+        sched.step()
 
 
 def _pad(rows: list[int], n: int, rng: random.Random) -> list[int]:
