@@ -8,6 +8,7 @@ artifact before anything serves it. No torch either way.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +45,10 @@ def encoders_for(choice: str) -> tuple[str, ...]:
 
 
 def from_service(url: str, text: str, k: int, encoders: Sequence[str], ef: Optional[int] = None,
-                 timeout: float = 30.0) -> list[Side]:
+                 flt: Optional[dict] = None, timeout: float = 30.0) -> list[Side]:
     import httpx
 
-    body = {"query": text, "k": k} | ({"ef": ef} if ef else {})
+    body = {"query": text, "k": k} | ({"ef": ef} if ef else {}) | ({"filter": flt} if flt else {})
     sides = []
     # One after the other, not together: on a small machine two concurrent requests share the
     # cores, and each side's server timings should be its own.
@@ -71,38 +72,43 @@ def from_service(url: str, text: str, k: int, encoders: Sequence[str], ef: Optio
     return sides
 
 
-def from_artifact(folder: Path, text: str, k: int, encoders: Sequence[str], ef: Optional[int] = None) -> list[Side]:
+def from_artifact(folder: Path, text: str, k: int, encoders: Sequence[str], ef: Optional[int] = None,
+                  flt: Optional[dict] = None) -> list[Side]:
     from artifact.manifest import ArtifactError
     from artifact.text import normalise_text
-    from service.batcher import Job
+    from retrieval.base import SearchParams
     from service.loader import load_manifest
     from service.metrics import Metrics
-    from service.runtime import Query, Runtime
+    from service.runtime import Runtime
     from service.settings import Settings
 
-    cleaned = normalise_text(text)
+    cleaned = normalise_text(text)  # what the service does to a query
     if not cleaned:
         raise QueryError("the query is empty or whitespace only.")
     settings = Settings(artifact_dir=folder, warmup_rounds=0)
     if k > settings.max_k:
         raise QueryError(f"k must be between 1 and {settings.max_k}.")
     try:
-        manifest = load_manifest(settings, folder)
+        manifest = load_manifest(settings, folder)  # the service's start-up gate
         runtime = Runtime(settings, manifest, Metrics(), root=folder)
         runtime.load(encoders)
     except ArtifactError as exc:
         raise QueryError(str(exc)) from None
-    ids, names = runtime.index.ids, runtime.index.texts
+    params = SearchParams(k=k, ef=ef or runtime.default_ef, filter=flt or None)
     sides = []
     for name in encoders:
         slot = runtime.slots[name]
-        job = Job(Query([cleaned], k=k, ef=ef or runtime.default_ef), 1)
-        job.started = time.perf_counter()
-        answer = runtime.run_batch(slot, [job])[0]  # the service's batch function, one job
-        keywords = [{"id": ids[label], "text": names[label], "score": score}
-                    for label, score in zip(answer.labels[0], answer.scores[0])]
-        sides.append(Side(name, keywords=keywords, precision=slot.precision,
-                          timings={"encode_ms": answer.encode_s * 1000.0, "index_ms": answer.index_s * 1000.0}))
+        t0 = time.perf_counter()
+        vectors = slot.encoder.encode([cleaned]).vectors  # one text: no batch-mates to depend on
+        t1 = time.perf_counter()
+        try:
+            hits = runtime.index.search(vectors, params)[0]
+        except (ValueError, NotImplementedError) as exc:  # e.g. a filter this index cannot apply
+            raise QueryError(str(exc)) from None
+        t2 = time.perf_counter()
+        sides.append(Side(name, keywords=[{"id": h.id, "text": h.text, "score": h.score} for h in hits],
+                          precision=slot.precision,
+                          timings={"encode_ms": (t1 - t0) * 1000.0, "index_ms": (t2 - t1) * 1000.0}))
     return sides
 
 
@@ -123,7 +129,8 @@ def _timing(side: Side) -> str:
     return f"{side.encoder}: {parts} ms"
 
 
-def table(query: str, sides: Sequence[Side], source: str) -> Table:
+def table(query: str, sides: Sequence[Side], source: str) -> tuple[Table, list[str]]:
+    """The side-by-side table, and the lines to print under it (overlap, timings, errors)."""
     ok = [s for s in sides if s.error is None]
     shared: set[str] = set()
     if len(ok) == 2:
@@ -154,13 +161,11 @@ def table(query: str, sides: Sequence[Side], source: str) -> Table:
         notes.append(f"overlap@{k}: {n} of {k} shared ({n / k:.2f}); ● marks a keyword in both")
     notes += [_timing(s) for s in ok]
     notes += [f"{s.encoder}: no answer: {s.error}" for s in sides if s.error is not None]
-    grid.caption = "\n".join(notes)
-    grid.caption_justify = "left"
-    return grid
+    return grid, notes
 
 
 def run(text: str, *, encoder: str, k: int, url: Optional[str], artifact: Optional[Path],
-        ef: Optional[int] = None, console: Optional[Console] = None) -> int:
+        ef: Optional[int] = None, filter_json: Optional[str] = None, console: Optional[Console] = None) -> int:
     """Print the table; the exit status: 0, or 1 when an encoder gave no answer."""
     console = console or Console()
     names = encoders_for(encoder)
@@ -168,12 +173,24 @@ def run(text: str, *, encoder: str, k: int, url: Optional[str], artifact: Option
         raise QueryError("give --url or --artifact, not both.")
     if not text.strip():
         raise QueryError("the query is empty or whitespace only.")
+    flt = None
+    if filter_json:
+        try:
+            flt = json.loads(filter_json)
+        except ValueError:
+            raise QueryError('--filter is not valid JSON; write an object such as \'{"source": "hd"}\'.') from None
+        if not isinstance(flt, dict):
+            raise QueryError('--filter must be a JSON object such as \'{"source": "hd"}\'.')
     if artifact is not None:
-        sides = from_artifact(artifact, text, k, names, ef)
+        sides = from_artifact(artifact, text, k, names, ef, flt)
         source = f"artifact {artifact}"
     else:
         url = url or "http://127.0.0.1:8000"
-        sides = from_service(url, text, k, names, ef)
+        sides = from_service(url, text, k, names, ef, flt)
         source = url
-    console.print(table(text, sides, source))
+    grid, notes = table(text, sides, source)
+    if any(s.error is None for s in sides):
+        console.print(grid)
+    for line in notes:  # below the table, not as its caption: a caption wraps at the table's width
+        console.print(line, markup=False, highlight=False)
     return 1 if any(s.error for s in sides) else 0
