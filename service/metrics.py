@@ -61,6 +61,23 @@ class Metrics:
                                ["result"], registry=r)
         self.artifact_loaded = Gauge("hlm_artifact_loaded_timestamp_seconds",
                                      "When the artifact now served was swapped in (Unix time).", registry=r)
+        # Live keywords (service/live/) and the result cache (service/result_cache.py).
+        self.keywords_live = Gauge("hlm_keywords_live", "Keywords searchable now (artifact + live changes).", registry=r)
+        self.keyword_changes = Counter("hlm_keyword_changes_total", "Keywords upserted / deleted by POST /admin/keywords, "
+                                       "by outcome (ok: durable and visible; refused: bad input; failed: not applied).",
+                                       ["op", "outcome"], registry=r)
+        self.ingest_queue_depth = Gauge("hlm_ingest_queue_depth", "Keyword changes waiting for the ingest thread.", registry=r)
+        self.ingest_encode = Histogram("hlm_ingest_encode_seconds", "Teacher encoding time per keyword change.",
+                                       buckets=LATENCY_BUCKETS + (2.0, 5.0, 10.0), registry=r)
+        self.live_log_bytes = Gauge("hlm_live_log_bytes", "Size of the write-ahead log of live keyword changes.", registry=r)
+        self.live_snapshot_age = Gauge("hlm_live_snapshot_age_seconds", "Seconds since the last live keyword snapshot.",
+                                       registry=r)
+        self.result_cache = Counter("hlm_result_cache_total", "Result cache look-ups by encoder and result (hit, miss).",
+                                    ["encoder", "result"], registry=r)
+        self.result_cache_bytes = Gauge("hlm_result_cache_bytes", "Estimated bytes held by the result cache.", registry=r)
+        for op in ("upsert", "delete"):
+            for outcome in ("ok", "refused", "failed"):
+                self.keyword_changes.labels(op, outcome)
         for name in ENCODERS:  # expose zero series from the start
             self.queries.labels(name)
             self.rejected.labels(name, "queue_full")

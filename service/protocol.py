@@ -9,9 +9,12 @@ them in OpenAPI.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import math
+import re
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationInfo, field_validator,
+                      model_validator)
 
 # Queries get the same normalisation as training and keyword texts (artifact/text.py): control
 # characters, zero-width marks and lone surrogates become spaces; a query left empty is refused.
@@ -84,6 +87,23 @@ class SearchRequest(_QueriesIn):
     ef: Optional[int] = Field(
         None, description="HNSW search breadth, 1 to HLM_MAX_EF (default the manifest's); raised to k if smaller."
     )
+    filter: Optional[dict[str, Any]] = Field(
+        None,
+        description="Only keywords whose attributes match: attribute -> value (equality) or a non-empty list of "
+        "values (any of); values are strings, numbers or booleans; a keyword without the attribute does not match. "
+        "Applied inside the ANN search, so k answers come back whenever k keywords match.",
+        examples=[{"source": "hd"}, {"market": ["en-US", "en-GB"], "active": True}],
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value, info: ValidationInfo):
+        if value is not None:
+            limits = _limits(info)
+            check_attributes(value, "filter", limits.max_attributes if limits else 16, lists=True)
+            if not value:
+                raise ValueError("filter is empty; leave it out to search every keyword")
+        return value
 
     @field_validator("k")
     @classmethod
@@ -297,3 +317,112 @@ class StatsResponse(BaseModel):
     target_window_s: float
     encoders: dict[str, EncoderStats]
     series: dict[str, list[StatsPoint]] = Field(description="Per interval between readings, oldest first.")
+
+
+# ---- attributes: what a keyword carries and a filter matches ----
+
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+KEYWORD_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
+MAX_VALUE_CHARS = 256
+MAX_ANY_OF = 64
+_INT64 = 2**63
+
+
+def _check_value(value: Any, where: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise ValueError(f"{where}: the integer {value} does not fit 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value} is not a finite number")
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE_CHARS:
+            raise ValueError(f"{where}: a string value has at most {MAX_VALUE_CHARS} characters, got {len(value)}")
+        return
+    kind = "null" if value is None else {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    raise ValueError(f"{where}: a value must be a string, number or boolean, not {kind}")
+
+
+def check_attributes(mapping: dict, where: str, most: int, *, lists: bool) -> None:
+    """Names a bounded identifier, values scalars (a filter: or a non-empty bounded list of them)."""
+    if len(mapping) > most:
+        raise ValueError(f"{where} has {len(mapping)} attributes, more than the limit of {most}")
+    for name, value in mapping.items():
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            raise ValueError(f"{where}: attribute name {name[:80]!r} must be a letter or _ then up to 63 letters, "
+                             "digits or _")
+        if lists and isinstance(value, list):
+            if not 1 <= len(value) <= MAX_ANY_OF:
+                raise ValueError(f"{where}.{name}: a list of values (any of) holds 1 to {MAX_ANY_OF} values, got {len(value)}")
+            for item in value:
+                _check_value(item, f"{where}.{name}")
+        else:
+            _check_value(value, f"{where}.{name}")
+
+
+# ---- POST /admin/keywords, GET /admin/keywords/{id} ----
+
+
+KeywordId = Annotated[str, StringConstraints(pattern=KEYWORD_ID)]
+
+
+class KeywordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: KeywordId = Field(description="1-128 characters: letters, digits and _ . : @ + - (not first).")
+    text: str = Field(description="The keyword text (normalised like queries; at most HLM_MAX_KEYWORD_CHARS).")
+    attributes: dict[str, Any] = Field(default_factory=dict, description="attribute -> string, number or boolean.")
+
+    @model_validator(mode="after")
+    def _clean(self, info: ValidationInfo):
+        limits = _limits(info)
+        most = limits.max_keyword_chars if limits else 1000
+        if len(self.text) > most:
+            raise ValueError(f"text has {len(self.text)} characters, more than the limit of {most}")
+        self.text = normalise_text(self.text)
+        if not self.text:
+            raise ValueError("text is empty or whitespace only")
+        check_attributes(self.attributes, "attributes", limits.max_attributes if limits else 16, lists=False)
+        return self
+
+
+class KeywordsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{
+            "upsert": [{"id": "kw:17", "text": "cordless drill 20v",
+                        "attributes": {"market": "en-US", "campaign": "c-17", "match_type": "broad", "active": True}}],
+            "delete": ["kw:3"],
+        }]},
+    )
+
+    upsert: list[KeywordIn] = Field(default_factory=list, description="Keywords to add or replace (by id).")
+    delete: list[KeywordId] = Field(default_factory=list, description="Ids to remove (absent ones are not counted).")
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if not self.upsert and not self.delete:
+            raise ValueError("give at least one keyword to upsert or one id to delete")
+        seen: set[str] = set()
+        for kid in [k.id for k in self.upsert] + self.delete:
+            if kid in seen:
+                raise ValueError(f"the id {kid!r} appears more than once; a request changes each keyword once")
+            seen.add(kid)
+        return self
+
+
+class KeywordsResponse(BaseModel):
+    upserted: int
+    deleted: int = Field(description="How many of the ids to delete were present.")
+    sequence: int = Field(description="The change's place in the write-ahead log (increasing).")
+
+
+class KeywordOut(BaseModel):
+    id: str
+    text: str
+    attributes: dict[str, Any]

@@ -14,7 +14,7 @@ import logging
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Callable, Optional
 
@@ -27,6 +27,7 @@ from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, U
 from service.metrics import Metrics
 from service.protocol import EmbeddingsRequest, EmbedRequest, SearchRequest
 from service.runtime import Answer, Query, Runtime
+from service.result_cache import ResultCache
 from service.settings import Settings
 from service.stats import StatsRing
 
@@ -122,6 +123,9 @@ class SearchService:
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin = f"Bearer {token}".encode() if token else None
         self.stats_ring = StatsRing(metrics.request_duration)  # GET /v1/stats
+        self.result_cache = ResultCache(settings.result_cache_bytes)
+        self._cache_hit = {e: metrics.result_cache.labels(e, "hit") for e in ("student", "teacher")}
+        self._cache_miss = {e: metrics.result_cache.labels(e, "miss") for e in ("student", "teacher")}
 
     # ---- guards ----
 
@@ -154,30 +158,43 @@ class SearchService:
         runtime = self.runtime()
         slot = runtime.slots[req.encoder]
         texts = req.texts
-        query = Query(texts, k=req.k or self.settings.default_k, ef=req.ef or runtime.default_ef)
-        answer: Answer = await wait_answer(slot.batcher.submit(query, len(texts)), request.receive)
-
-        ids, names = runtime.index.ids, runtime.index.texts
-        results = [
-            {
-                "query": text,
-                "truncated": truncated,
-                "keywords": [{"id": ids[l], "text": names[l], "score": s} for l, s in zip(labels, scores)],
-            }
-            for text, truncated, labels, scores in zip(texts, answer.truncated, answer.labels, answer.scores)
-        ]
+        query = Query(texts, k=req.k or self.settings.default_k, ef=req.ef or runtime.default_ef, filter=req.filter)
+        ef = max(query.ef, query.k)
+        cache = self.result_cache
+        found: list = [None] * len(texts)
+        if cache.enabled:  # (query, k, ef, encoder, filter); invalidated by generation, see result_cache.py
+            generation = (runtime.generation, runtime.live.version if runtime.live is not None else 0)
+            flt = dumps(req.filter) if req.filter else None
+            keys = [(text, query.k, ef, req.encoder, flt) for text in texts]
+            found = [cache.get(generation, key) for key in keys]
+            hits = sum(f is not None for f in found)
+            self._cache_hit[req.encoder].inc(hits)
+            self._cache_miss[req.encoder].inc(len(texts) - hits)
+        missing = [i for i, f in enumerate(found) if f is None]
+        answer = Answer(truncated=[])
+        if missing:
+            ask = query if len(missing) == len(texts) else replace(query, texts=[texts[i] for i in missing])
+            answer = await wait_answer(slot.batcher.submit(ask, len(ask.texts)), request.receive)
+            for i, truncated, row in zip(missing, answer.truncated, answer.hits):
+                found[i] = (truncated, [{"id": h.id, "text": h.text, "score": h.score} for h in row])
+                if cache.enabled:
+                    cache.put(generation, keys[i], found[i])
+            if cache.enabled:
+                self.metrics.result_cache_bytes.set(cache.bytes)
+        results = [{"query": text, "truncated": truncated, "keywords": keywords}
+                   for text, (truncated, keywords) in zip(texts, found)]
         payload = {
             "encoder": req.encoder,
             "precision": slot.precision,
             "k": query.k,
-            "ef": max(query.ef, query.k),
+            "ef": ef,
             "results": results,
             "timings": self._timings(request, answer),
         }
         response = Response(dumps(payload), media_type=JSON)
         rate = self.settings.shadow_rate
-        if rate and req.encoder == "student" and random.random() < rate:
-            self._shadow(runtime, query, answer)
+        if missing and rate and req.encoder == "student" and random.random() < rate:
+            self._shadow(runtime, ask, answer)
         return response
 
     def _timings(self, request: Request, answer: Answer) -> dict[str, float]:
@@ -191,13 +208,13 @@ class SearchService:
 
     def _shadow(self, runtime: Runtime, query: Query, answer: Answer) -> None:
         """Re-run a student query through the teacher off the hot path; export overlap@k."""
-        student = answer.labels
+        student = [{hit.id for hit in row} for row in answer.hits]
         histogram = self.metrics.shadow_overlap
 
         def compare(teacher: Answer) -> None:
-            for mine, theirs in zip(student, teacher.labels):
-                if theirs:
-                    histogram.observe(len(set(mine) & set(theirs)) / len(theirs))
+            for mine, row in zip(student, teacher.hits):
+                if row:
+                    histogram.observe(len(mine & {hit.id for hit in row}) / len(row))
 
         batcher = runtime.slots["teacher"].batcher
         if not batcher.submit_background(query, len(query.texts), compare, only_if_idle=True):

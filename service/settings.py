@@ -101,6 +101,25 @@ class Settings(BaseSettings):
     log_level: str = "info"
     access_log: bool = False
 
+    # Live keywords (POST /admin/keywords) and the result cache.
+    state_dir: Optional[Path] = Field(
+        None,
+        description="Folder of the live keyword changes (write-ahead log + snapshots), created if missing. Unset: "
+        "live keyword changes are refused (409): an acknowledged change must survive a restart, and a default "
+        "beside the artifact would make every test and tool that starts a server share one state.",
+    )
+    max_keyword_items: int = Field(256, ge=1, description="Most upserts + deletes in one POST /admin/keywords (more: 413).")
+    max_keyword_chars: int = Field(1000, ge=1, description="Longest keyword text in characters (longer: 422).")
+    max_attributes: int = Field(16, ge=1, le=256, description="Most attributes per keyword, and per filter.")
+    ingest_queue_size: int = Field(64, ge=1, description="Keyword changes waiting for the ingest thread; past it: 429.")
+    snapshot_every: int = Field(1000, ge=1, description="Live changes logged between two snapshots (the log is emptied at each).")
+    snapshot_log_bytes: int = Field(64 << 20, ge=1024, description="A log this large also triggers a snapshot.")
+    result_cache_bytes: int = Field(
+        0, ge=0,
+        description="Bound in bytes of the head-query result cache ((query, k, ef, encoder, filter) -> results); "
+        "0 = off. Off by default: the load tests compare the encoders and would measure the cache instead.",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value):

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.errors import InvalidRequest
-from service.protocol import ErrorResponse
+from service.live.admin import change_keywords, get_keyword
+from service.protocol import ErrorResponse, KeywordOut, KeywordsResponse
 from service.reload import Reloader
 from service.serving import SearchService, dumps
 
@@ -43,5 +44,32 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
     async def last_reload(request: Request) -> Response:
         service.check_admin(request)
         return Response(dumps({"running": reloader.lock.locked(), "last": reloader.last}), media_type="application/json")
+
+    @router.post(
+        "/keywords",
+        summary="Upsert and delete keywords while serving: applied whole, answered once durable and visible",
+        responses={
+            200: {"model": KeywordsResponse, "description": "Logged (fsync) and searchable."},
+            401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."},
+            409: {"model": ErrorResponse, "description": "Live keywords are off (no HLM_STATE_DIR)."},
+            413: {"model": ErrorResponse, "description": "More than HLM_MAX_KEYWORD_ITEMS upserts + deletes."},
+            422: {"model": ErrorResponse, "description": "Invalid: empty or over-long text, repeated id, bad id, "
+                                                         "attribute of an unknown type; nothing applied."},
+            429: {"model": ErrorResponse, "description": "The ingest queue is full; retry after Retry-After."},
+            503: {"model": ErrorResponse, "description": "Not ready, or the change could not be logged (nothing applied)."},
+        },
+    )
+    async def keywords(request: Request) -> Response:
+        """Body: `{"upsert": [{"id", "text", "attributes"}], "delete": [ids]}`. New texts are encoded by the
+        artifact's teacher off the query path; the answer comes once the change is in the write-ahead log
+        (fsync) and visible to searches."""
+        return await change_keywords(service, request)
+
+    @router.get("/keywords/{keyword_id}", summary="A keyword's stored text and attributes", responses={
+        200: {"model": KeywordOut},
+        401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."},
+        404: {"model": ErrorResponse, "description": "No such keyword (never added, or deleted)."}})
+    async def keyword(request: Request, keyword_id: str) -> Response:
+        return await get_keyword(service, request, keyword_id)
 
     return router
