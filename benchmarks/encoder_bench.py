@@ -77,6 +77,39 @@ def bench(encoders: dict[str, OnnxEncoder], queries: list[str], batch: int = 32,
     return rows
 
 
+CURVE_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def batch_curve(encoders: dict[str, OnnxEncoder], queries: list[str], sizes=CURVE_SIZES, rounds: int = 20) -> dict:
+    """Median cost of one batch of ``n`` real queries, for each n, encoders taking turns.
+
+    What the service's ``max_batch`` and ``max_wait`` are chosen from: where the cost per
+    query stops falling, a bigger batch only makes its first query wait longer."""
+    curve = {name: {} for name in encoders}
+    for n in sizes:
+        times = {name: [] for name in encoders}
+        for r in range(rounds):
+            chunk = [queries[(r * n + i) % len(queries)] for i in range(n)]
+            for name, enc in encoders.items():
+                start = time.perf_counter()
+                enc.encode(chunk)
+                times[name].append(time.perf_counter() - start)
+        for name in encoders:
+            batch_ms = float(np.median(times[name]) * 1000)
+            curve[name][n] = {"batch_ms": batch_ms, "per_query_ms": batch_ms / n}
+    return curve
+
+
+def curve_markdown(curve: dict) -> str:
+    sizes = sorted({n for rows in curve.values() for n in rows})
+    lines = ["| encoder | " + " | ".join(f"batch {n}: ms (ms/query)" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for name, rows in curve.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{rows[n]['batch_ms']:.3f} ({rows[n]['per_query_ms']:.3f})" for n in sizes) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: dict) -> str:
     lines = ["| encoder | batch-1 median ms | batch-1 p99 ms | × faster than teacher | batch-32 texts/s | × teacher |",
              "|---|---|---|---|---|---|"]
@@ -95,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--extra", action="append", default=[], help="name=model.onnx:tokenizer.json")
     parser.add_argument("--out", type=Path, default=None, help="write JSON here")
+    parser.add_argument("--curve", action="store_true", help="also the batch cost curve (batches of 1-32 queries)")
     args = parser.parse_args(argv)
     encoders = encoders_of(args.artifact, args.threads)
     for spec in args.extra:
@@ -103,14 +137,17 @@ def main(argv: list[str] | None = None) -> None:
         encoders[name] = OnnxEncoder(model, tok, 128, args.threads)
     queries = _queries(args.queries)
     rows = bench(encoders, queries)
+    curve = batch_curve(encoders, queries) if args.curve else None
     meta = {"machine": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "queries": len(queries),
             "threads": args.threads, "artifact": str(args.artifact)}
     print(json.dumps(meta))
     print(markdown(rows))
+    if curve:
+        print(curve_markdown(curve))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "curve": curve}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def build(
     gate_share: float = typer.Option(0.98, help="Share of the teacher's dev nDCG@10 the student must keep to be servable."),
     allow_below_gate: bool = typer.Option(False, help="Mark the artifact servable even if the student fails the gate."),
     student: Optional[str] = typer.Option(None, help="Train this student instead of the profile's "
-                                          "(minilm-l6, minilm-l3, mpnet-l2, mpnet-l3, mpnet-l4)."),
+                                          "(minilm-l6, minilm-l3, mpnet-l1 … mpnet-l4, static, static-head)."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
@@ -56,7 +56,7 @@ def build(
 
 @app.command()
 def distill(
-    student: str = typer.Option("minilm-l6", help="minilm-l6, minilm-l3, mpnet-l2, mpnet-l3, mpnet-l4."),
+    student: str = typer.Option("minilm-l6", help="minilm-l6, minilm-l3, mpnet-l1 … mpnet-l4, static, static-head."),
     phases: str = typer.Option("2,3", help="Which phases to run, in order (1 = teacher fine-tune, 2 = L2 alignment, 3 = contrastive)."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint root; default runs/students/<student>."),
     minutes1: float = typer.Option(17.0, help="Wall-clock budget of phase 1 (the teacher's fine-tune)."),
@@ -70,7 +70,8 @@ def distill(
     l2_share: float = typer.Option(1.0, help="Phase 3: weight of the L2 term kept beside InfoNCE."),
     kl3: float = typer.Option(1.0, help="Phase 3: weight of ranking KL to the teacher's scores over the batch's candidates."),
     init: Optional[Path] = typer.Option(None, help="Start phase 3 from this checkpoint instead of phase 2's."),
-    lr2: float = typer.Option(1e-4), lr3: float = typer.Option(1e-4),
+    lr2: Optional[float] = typer.Option(None, help="Phase-2 learning rate (default: the family's, models/distill/recipes.py)."),
+    lr3: Optional[float] = typer.Option(None, help="Phase-3 learning rate (default: the family's)."),
     products: Optional[int] = typer.Option(None, help="Use only the first N product titles (default all)."),
     threads: int = typer.Option(2),
 ) -> None:
@@ -90,9 +91,9 @@ def distill(
     typer.echo(f"training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} phase-3 pairs")
     done = run_phases(
         student, data, out, phases.split(","),
-        phase2={"minutes": minutes2, "max_steps": steps2, "kl_weight": kl_weight, "lr": lr2},
-        phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "lr": lr3, "kl_weight": kl3,
-                **({"init": str(init)} if init else {})},
+        phase2={"minutes": minutes2, "max_steps": steps2, "kl_weight": kl_weight, **({"lr": lr2} if lr2 else {})},
+        phase3={"minutes": minutes3, "max_steps": steps3, "l2_weight": l2_share, "kl_weight": kl3,
+                **({"lr": lr3} if lr3 else {}), **({"init": str(init)} if init else {})},
         threads=threads, teacher_folder=teacher,
     )
     for phase, path in done.items():
@@ -176,12 +177,13 @@ def query_cmd(
     ef: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (default the artifact's)."),
     url: Optional[str] = typer.Option(None, help="A running service (default http://127.0.0.1:8000)."),
     artifact: Optional[Path] = typer.Option(None, help="Answer straight from this artifact folder, no service."),
+    filter_json: Optional[str] = typer.Option(None, "--filter", help="Keyword attributes, JSON: '{\"source\": \"hd\"}'."),
 ) -> None:
     """One query's keywords from the student and the teacher, side by side, shared ones marked."""
     from hlm.query import QueryError, run
 
     try:
-        code = run(text, encoder=encoder, k=k, url=url, artifact=artifact, ef=ef)
+        code = run(text, encoder=encoder, k=k, url=url, artifact=artifact, ef=ef, filter_json=filter_json)
     except QueryError as exc:
         typer.echo(f"hlm query: {exc}", err=True)
         raise typer.Exit(2)

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ class Profile:
     phase1_minutes: float = 17.0
     phase1_steps: int = 140  # ~7 s a step at batch 32 on 2 cores: the schedule ends near the time budget
     phase1_judge_titles: int = 6000  # distractor titles beside the dev queries' judged products
+    # What replaces the distill_* fields above when a student of another family is trained
+    # (``get_profile(name, student=...)``): family ("static" or "transformer") -> fields.
+    # A static student needs phase 2 and many cheap steps; a cut transformer few costly ones.
+    family_overrides: dict = field(default_factory=dict)
+
+
+def student_family(student: str) -> str:
+    return "static" if student.startswith("static") else "transformer"
 
 
 PROFILES = {
@@ -78,4 +86,7 @@ PROFILES = {
 def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+    base = PROFILES[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    family = student_family(overrides.get("student", base.student))
+    return replace(base, **{**base.family_overrides.get(family, {}), **overrides})

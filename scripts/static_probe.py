@@ -27,7 +27,6 @@ def main() -> None:
     parser.add_argument("--steps3", type=int, default=600)
     parser.add_argument("--lr2", type=float, default=5e-3)
     parser.add_argument("--lr3", type=float, default=2e-3)
-    parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--anchor", type=float, default=0.0)
     parser.add_argument("--kl3", type=float, default=1.0)
     parser.add_argument("--l2-share", type=float, default=1.0)
@@ -66,7 +65,7 @@ def main() -> None:
                                extra_texts=inputs.fit_queries + others + extra)
     print(f"phase-2 texts {len(data.texts)}, judged pairs {len(data.pair_queries)}")
 
-    common = {"batch_size": args.batch, "validate_every": args.validate_every, "anchor_weight": args.anchor,
+    common = {"validate_every": args.validate_every, "anchor_weight": args.anchor,
               "checkpoint_every": 10**9, "minutes": 60}
     tag = f"{args.student}-s{args.steps2}-{args.steps3}-lr{args.lr2}-{args.lr3}-a{args.anchor}-w{args.extra_web}-t{args.extra_topics}-kl{args.kl3}-l{args.l2_share}"
     out_root = args.out / tag

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models.distill.checkpoint import load_student_checkpoint, read_spec
+from models.distill.recipes import phase_settings
 from models.distill.students import get_spec, make_student, tokenizer_name
 from models.distill.teacher_vectors import TeacherVectors
 from models.distill.train import TrainConfig, TrainingData, train
@@ -76,12 +77,12 @@ def run_phases(
     done: dict[str, Path] = {}
     if "2" in phases:
         config = TrainConfig(student=student, out=str(out_root / "phase2"), **common,
-                             **{"l2_weight": 1.0, "lr": 1e-4, **(phase2 or {})})
+                             **{"l2_weight": 1.0, **phase_settings(student, "2"), **(phase2 or {})})
         projection = None if (Path(config.out) / "state.pt").exists() else initial_projection(student, data, teacher_folder)
         done["phase2"] = train(config, data, projection)
     if "3" in phases:
         init = done.get("phase2") or (out_root / "phase2" if (out_root / "phase2" / "model.pt").exists() else None)
-        settings = {"l2_weight": 1.0, "contrastive_weight": 1.0, "kl_weight": 1.0, "lr": 1e-4,
+        settings = {"l2_weight": 1.0, "contrastive_weight": 1.0, "kl_weight": 1.0, **phase_settings(student, "3"),
                     "init": str(init) if init else None, **(phase3 or {})}
         init = settings["init"]
         config = TrainConfig(student=student, out=str(out_root / "phase3"), **common, **settings)
