@@ -6,17 +6,20 @@ milvus-lite file (a URI ending in ``.db``): pymilvus' ``MilvusClient`` takes all
 
 One collection holds one artifact's keywords::
 
-    id          VARCHAR primary key   the keyword store's id ("hd:100001")
-    vector      FLOAT_VECTOR(dim)     the teacher's L2-normalised vector; HNSW, metric IP
-    text        VARCHAR               what a hit shows
-    source      VARCHAR, nullable     the attribute every build carries ("hd", "mq")
-    attributes  JSON                  every attribute, ``source`` included
+    id              VARCHAR primary key    the keyword store's id ("hd:100001")
+    vector          FLOAT_VECTOR(dim)      the teacher's L2-normalised vector; HNSW, metric IP
+    text            VARCHAR                what a hit shows
+    attributes      JSON                   the attributes as given ({"source": "hd", ...})
+    attribute_keys  ARRAY<VARCHAR>         one typed key per attribute: what filters run on
 
-Attributes are stored twice on purpose: ``source`` as a scalar field, because it is the one
-attribute every keyword has and a scalar field is what a cluster can index (inverted index,
-partition key) for cheap filtering; and all of them in one JSON field, because live upserts
-bring attribute names no schema knew in advance and a JSON field takes them without a schema
-change. Filters on ``source`` use the scalar field, other names a JSON path.
+Filters run on a scalar array of typed keys, ``["source","s","hd"]`` (name, type, value as
+canonical JSON), not on JSON paths, for three reasons: equality then means exactly what it
+means in the hnswlib backend (``retrieval.hnsw.value_key``: True is not 1, 1 is 1.0, "1" is
+not 1; comparing JSON paths, milvus-lite takes True == 1); live upserts may bring attribute
+names no schema knew, which an array takes without a schema change (one scalar field per
+attribute would need one); and each attribute of a filter is one ``array_contains_any``, which
+a cluster can serve from an inverted index on the array. The JSON field keeps the attributes
+for reading back.
 
 The collection records the artifact's sha256 and the vector dimension in its properties (and
 in its description, for people): the service refuses a collection pushed from another
@@ -25,6 +28,7 @@ artifact, whose vectors would come from another teacher.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -49,12 +53,17 @@ STATE_PROPERTY = "hlm.state"
 DEFAULT_COLLECTION = "hlm_keywords"
 ID_MAX = 512
 TEXT_MAX = 65535  # VARCHAR's ceiling (bytes); max_length costs no storage
-SOURCE_MAX = 256
 MAX_ATTRIBUTE_NAME = 256
+MAX_ATTRIBUTES = 64  # per keyword: the array field's capacity
+KEY_MAX = 1024  # bytes of one typed key (name + value)
 _INT64 = 2**63
 # pymilvus' error decorator logs every failed RPC with its traceback; while Milvus is down
 # that is one traceback per query. This module logs one line per change of health instead.
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+
+
+RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
+             "grpc.max_reconnect_backoff_ms": 2000}
 
 
 class MilvusUnreachable(IndexUnavailable):
@@ -108,32 +117,38 @@ def quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _literal(value: Any) -> str:
+def attribute_key(name: Any, value: Any) -> str:
+    """The typed key of one attribute value: ``["name","s","hd"]``; the equality of the hnswlib
+    backend (``retrieval.hnsw.value_key``): a boolean is not a number, 1 and 1.0 are one number."""
+    if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
+        raise ValueError(f"attribute name {name!r} must be a non-empty string of at most {MAX_ATTRIBUTE_NAME} characters")
     if isinstance(value, bool):  # before int: bool is an int in Python
-        return "true" if value else "false"
-    if isinstance(value, int):
-        if not -_INT64 <= value < _INT64:
-            raise ValueError(f"the filter value {value} does not fit a 64-bit integer")
-        return str(value)
-    if isinstance(value, float):
+        kind = "b"
+    elif isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise ValueError(f"the filter value {value} is not a finite number")
-        # positional digits: milvus-lite's tokenizer reads no exponent ("1e-05")
-        return np.format_float_positional(value, unique=True, trim="0")
-    if isinstance(value, str):
-        return quote(value)
-    raise ValueError(f"a filter value must be a string, number or boolean, not {type(value).__name__}")
+            raise ValueError(f"the attribute value {value} is not a finite number")
+        if not -_INT64 <= value < _INT64:
+            raise ValueError(f"the attribute value {value} does not fit a 64-bit integer")
+        kind = "n"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+    elif isinstance(value, str):
+        kind = "s"
+    else:
+        raise ValueError(f"attribute {name!r}: a value must be a string, number or boolean, not {type(value).__name__}")
+    key = json.dumps([name, kind, value], ensure_ascii=False, separators=(",", ":"))
+    if len(key.encode()) > KEY_MAX:
+        raise ValueError(f"attribute {name!r}: name and value are longer than {KEY_MAX} bytes")
+    return key
 
 
-def check_attributes(attributes: dict) -> dict:
-    """Attribute names are non-empty strings, values str, int, float or bool (finite, int64)."""
+def attribute_keys(attributes: dict) -> list[str]:
+    """The typed keys of a keyword's attributes (ValueError for what the semantics do not cover)."""
     if not isinstance(attributes, dict):
         raise ValueError("keyword attributes must be an object of name -> value")
-    for name, value in attributes.items():
-        if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
-            raise ValueError(f"attribute name {name!r} must be a non-empty string of at most {MAX_ATTRIBUTE_NAME} characters")
-        _literal(value)
-    return attributes
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValueError(f"a keyword has at most {MAX_ATTRIBUTES} attributes")
+    return [attribute_key(name, value) for name, value in attributes.items()]
 
 
 def filter_expression(flt: Optional[dict]) -> Optional[str]:
@@ -149,30 +164,12 @@ def filter_expression(flt: Optional[dict]) -> Optional[str]:
         raise ValueError("a filter must be an object of attribute -> value or list of values")
     clauses = []
     for name, wanted in flt.items():
-        if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
-            raise ValueError(f"filter attribute {name!r} must be a non-empty string of at most {MAX_ATTRIBUTE_NAME} characters")
         values = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
-        literals = [_literal(v) for v in values]  # validates every value, whatever the field
-        if name == "source":
-            # a VARCHAR field: other types cannot match (and Milvus would refuse comparing them)
-            strings = [lit for v, lit in zip(values, literals) if isinstance(v, str)]
-            if not strings:
-                raise _MatchesNothing()
-            clauses.append(f"source == {strings[0]}" if len(strings) == 1 else f"source in [{', '.join(strings)}]")
-        else:
-            if not literals:
-                raise _MatchesNothing()
-            # `in` takes only a field on its left in milvus-lite, so "any of" on a JSON path
-            # is spelled out as equalities.
-            path = f"attributes[{quote(name)}]"
-            clauses.append("(" + " or ".join(f"{path} == {lit}" for lit in dict.fromkeys(literals)) + ")")
+        keys = list(dict.fromkeys(attribute_key(name, v) for v in values))  # validates every value
+        if not keys:
+            raise _MatchesNothing()
+        clauses.append(f"array_contains_any(attribute_keys, [{', '.join(quote(key) for key in keys)}])")
     return " and ".join(clauses)
-
-
-def source_of(keyword_id: str) -> Optional[str]:
-    """The attribute a build derives from a keyword's id: the prefix before ':' ("hd", "mq")."""
-    prefix, sep, _ = keyword_id.partition(":")
-    return prefix if sep and prefix else None
 
 
 # ---- connecting ----
@@ -181,7 +178,9 @@ def connect(uri: str, *, token: str = "", timeout_s: float = 5.0):
     """A ``MilvusClient`` for ``uri``, or ``MilvusUnreachable`` with one sentence."""
     pymilvus = _milvus()
     try:
-        return pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout_s)
+        # gRPC backs off reconnecting up to 120 s by default: after a long outage the service
+        # would stay unready for minutes after Milvus is back. 2 s at most keeps recovery prompt.
+        return pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout_s, grpc_options=RECONNECT)
     except _backend_errors() + (OSError, ValueError) as exc:
         raise MilvusUnreachable(f"Milvus at {uri} cannot be reached ({_reason(exc)}); start it, "
                                 "or point HLM_MILVUS_URI at a running Milvus.") from None
@@ -336,11 +335,9 @@ def keyword_rows(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], 
     for kid, vec, text, attrs in zip(ids, vectors, texts, attributes):
         if not isinstance(kid, str) or not kid or len(kid.encode()) > ID_MAX:
             raise ValueError(f"keyword id {kid!r} must be a non-empty string of at most {ID_MAX} bytes")
-        attrs = dict(check_attributes(attrs or {}))
-        source = attrs.get("source")
+        attrs = dict(attrs or {})
         rows.append({"id": kid, "vector": vec.tolist(), "text": str(text)[:TEXT_MAX // 4],
-                     "source": source if isinstance(source, str) and len(source) <= SOURCE_MAX else None,
-                     "attributes": attrs})
+                     "attributes": attrs, "attribute_keys": attribute_keys(attrs)})
     return rows
 
 
@@ -358,14 +355,24 @@ def read_artifact_keywords(root: Path, manifest: dict) -> tuple[list[str], list[
     return ids, texts, vectors
 
 
+def read_artifact_attributes(root: Path, manifest: dict, ids: Sequence[str]) -> list[dict]:
+    """The artifact's attributes file when its manifest names one, else what the build derives
+    from each id (its source), as the hnswlib backend reads them."""
+    from retrieval.hnsw import build_attributes, read_attributes
+
+    path = (manifest.get("index") or {}).get("attributes")
+    return read_attributes(root / path, len(ids)) if path else [build_attributes(i) for i in ids]
+
+
 def _schema(pymilvus, dim: int):
     DataType = pymilvus.DataType
     schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
-    schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_MAX, nullable=True)
     schema.add_field("attributes", DataType.JSON)
+    schema.add_field("attribute_keys", DataType.ARRAY, element_type=DataType.VARCHAR,
+                     max_capacity=MAX_ATTRIBUTES, max_length=KEY_MAX)
     return schema
 
 
@@ -406,7 +413,7 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
         properties = {SHA_PROPERTY: sha, DIM_PROPERTY: str(dim), STATE_PROPERTY: "loading"}
         client.create_collection(collection, schema=_schema(pymilvus, dim), properties=properties,
                                  description=f"hlm keywords of artifact {sha}")
-        attrs = [{"source": s} if (s := source_of(i)) else {} for i in ids]
+        attrs = read_artifact_attributes(root, manifest, ids)
         done = 0
         for start in range(0, len(ids), batch):
             end = min(start + batch, len(ids))

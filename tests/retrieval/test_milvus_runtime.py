@@ -15,6 +15,7 @@ import pytest
 
 from artifact.manifest import ArtifactError
 from retrieval.base import SearchParams
+from retrieval.exact import recall_at_k
 from retrieval.milvus import push_artifact
 from service.errors import NotReady
 from service.metrics import Metrics
@@ -79,7 +80,8 @@ def test_serving_through_a_dying_milvus_gives_503_and_recovers(tmp_path, artifac
                     await asyncio.sleep(0.1)
                 assert runtime.index_ready
                 after = await asyncio.to_thread(runtime.index.search, vectors, SearchParams(k=10))
-                assert [[h.id for h in r] for r in after] == [[h.id for h in r] for r in before]
+                # the restarted server rebuilds its graph: the same answers up to ANN noise
+                assert recall_at_k([[h.id for h in r] for r in after], [[h.id for h in r] for r in before]) >= 0.9
             finally:
                 await runtime.close()
 
