@@ -79,23 +79,34 @@ class Reloader:
             t0 = time.perf_counter()
             log.info("reload (%s): loading %s", trigger, self.settings.artifact_dir)
             runtime: Optional[Runtime] = None
+            handover = None  # live keyword changes carried onto the new index (writes wait meanwhile)
             try:
-                root = await asyncio.to_thread(resolve_artifact, self.settings)
-                manifest = await in_low_priority_thread(load_manifest, self.settings, root)
-                runtime = Runtime(self.settings, manifest, self.metrics, root=root)
-                await in_low_priority_thread(runtime.load)
-                await in_low_priority_thread(runtime.warm_up)
-                await asyncio.to_thread(_still_same, root, manifest)
-            except Exception as exc:  # noqa: BLE001 - any failure: keep serving the old artifact
-                reason = describe(exc)
-                log.error("reload refused, still serving %s: %s", str(old_sha)[:12], reason)
-                raise self._refuse(f"Reload refused, still serving artifact {str(old_sha)[:12]}: {reason}") from None
-            if state.phase is not Phase.READY:  # shutting down meanwhile: never start the new one
-                raise self._refuse("The service began shutting down during the reload.", "shutting_down")
-            runtime.start(asyncio.get_running_loop())
-            # The swap: one reference assignment on the event loop. A request reads
-            # state.runtime once and submits to that runtime's batcher without yielding.
-            state.runtime = runtime
+                try:
+                    root = await asyncio.to_thread(resolve_artifact, self.settings)
+                    manifest = await in_low_priority_thread(load_manifest, self.settings, root)
+                    runtime = Runtime(self.settings, manifest, self.metrics, root=root)
+                    runtime.live = old.live  # the open state folder goes along; load() does not reopen it
+                    await in_low_priority_thread(runtime.load)
+                    if old.live is not None:  # replayed onto the new index, re-encoded if its teacher differs
+                        handover = await old.live.handover(runtime.index, runtime.slots["teacher"].encoder,
+                                                           runtime.teacher_sha256)
+                    await in_low_priority_thread(runtime.warm_up)
+                    await asyncio.to_thread(_still_same, root, manifest)
+                except Exception as exc:  # noqa: BLE001 - any failure: keep serving the old artifact
+                    reason = describe(exc)
+                    log.error("reload refused, still serving %s: %s", str(old_sha)[:12], reason)
+                    raise self._refuse(f"Reload refused, still serving artifact {str(old_sha)[:12]}: {reason}") from None
+                if state.phase is not Phase.READY:  # shutting down meanwhile: never start the new one
+                    raise self._refuse("The service began shutting down during the reload.", "shutting_down")
+                runtime.start(asyncio.get_running_loop())
+                # The swap: one reference assignment on the event loop. A request reads
+                # state.runtime once and submits to that runtime's batcher without yielding.
+                state.runtime = runtime
+                if handover is not None:
+                    handover.commit()  # later keyword changes go to the new index
+            finally:
+                if handover is not None:
+                    handover.abandon()  # no-op after commit; else writes resume on the old index
             set_build_info(self.metrics, runtime, self.version)
             self.metrics.artifact_loaded.set(time.time())
             self.metrics.reloads.labels("ok").inc()
