@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,6 +68,63 @@ class ClientGone(Exception):
     """The client disconnected before its answer was computed."""
 
 
+class Refusal(Exception):
+    """Why an encoder's batcher will not take a job now: typed, with no HTTP in it.
+
+    ``reason`` is also the ``hlm_rejected_total`` label: ``budget`` (the work ahead of the
+    job would keep it past its encoder's waiting budget), ``client_share`` (that work is
+    mostly the same client's own), ``queue_full`` (the queue holds ``queue_size`` requests),
+    ``too_large`` (the job alone would hold the encoder longer than one request may),
+    ``shutting_down``. ``refusal_error`` below turns it into the HTTP answer, in one place.
+    """
+
+    def __init__(self, reason: str, encoder: str, *, wait_s: float = 0.0, limit_s: float = 0.0,
+                 cost_s: float = 0.0, queued: int = 0, tokens: int = 0, queries: int = 0,
+                 retry_floor_s: int = 1):
+        super().__init__(reason)
+        self.reason = reason
+        self.encoder = encoder
+        self.wait_s = wait_s  # expected wait before the job would start (s)
+        self.limit_s = limit_s  # the bound it broke (s)
+        self.cost_s = cost_s  # the job's own estimated encoder time (s)
+        self.queued = queued
+        self.tokens = tokens
+        self.queries = queries
+        self.retry_floor_s = retry_floor_s
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms"
+
+
+def refusal_error(refusal: Refusal) -> ServiceError:
+    """The HTTP answer to a refusal: status, code (= reason), one sentence, Retry-After.
+
+    Retry-After is the expected wait rounded up to whole seconds (HTTP's unit), at least
+    ``retry_floor_s`` (HLM_RETRY_AFTER_S, 1 by default).
+    """
+    r, name = refusal, refusal.encoder
+    retry = {"Retry-After": str(max(r.retry_floor_s, math.ceil(r.wait_s)))}
+    if r.reason == "too_large":
+        return ServiceError(
+            f"This request would hold the {name} encoder for about {_ms(r.cost_s)} ({r.queries} queries, "
+            f"{r.tokens} tokens after truncation), more than the {_ms(r.limit_s)} one request may take; "
+            "send fewer or shorter queries per request.", code="too_large", status=413)
+    if r.reason == "shutting_down":
+        return NotReady(f"The {name} encoder is shutting down.", code="shutting_down", headers=retry)
+    if r.reason == "queue_full":
+        return Overloaded(f"The {name} encoder's queue is full ({r.queued} requests); retry shortly.",
+                          code="queue_full", headers=retry)
+    if r.reason == "client_share":
+        return Overloaded(
+            f"Your own requests already queued on the {name} encoder would keep this one waiting about "
+            f"{_ms(r.wait_s)}, more than its {_ms(r.limit_s)} budget; wait for their answers before sending more.",
+            code="client_share", headers=retry)
+    return Overloaded(
+        f"The {name} encoder is overloaded (about {_ms(r.wait_s)} of work ahead of this request, more than "
+        f"its {_ms(r.limit_s)} budget); retry shortly.", code="budget", headers=retry)
+
+
 # The two answers rendered both by the app's handlers and by the edge middleware (which runs
 # outside FastAPI): one definition each, so both places say the same thing.
 INTERNAL_ERROR = (500, "internal_error", "The server hit an internal error; it has been logged.")
@@ -114,6 +172,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(Refusal)
+    async def _refusal(request: Request, exc: Refusal) -> Response:
+        error = refusal_error(exc)
+        return error_response(error.status, error.code, error.message, error.headers)
+
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
         return error_response(*CLIENT_CLOSED)
@@ -131,7 +194,7 @@ def install_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else "The request could not be served."
         if exc.status_code == 404 and message == "Not Found":
-            message = f"There is no {request.url.path} here; see /docs."
+            message = f"There is no {request.url.path} here; see /openapi.json."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
         return error_response(exc.status_code, code, message, dict(exc.headers or {}))

@@ -13,6 +13,19 @@
   ready, not JSON, an unknown encoder) goes on to the route, which gives the full answer.
   The body is not validated here, so while its encoder is refusing work an invalid request
   gets the 429, not its 422.
+- Hostile-client bounds: a POST body must say ``Content-Type: application/json`` (415
+  otherwise: a cross-site form cannot fire searches without a CORS preflight) and carry no
+  ``Content-Encoding`` but ``identity`` (415); the whole body must arrive within
+  ``HLM_BODY_TIMEOUT_S`` (408 and the connection closed: slow-body sockets); a path with a
+  trailing slash is answered 404 here (Starlette would redirect to a URL built from the
+  ``Host`` header); ``/docs`` and ``/redoc`` are 404 (their scripts come from a CDN, blank
+  offline: the schema is ``/openapi.json``, the playground ``/``). Header size and header
+  read time are bounded in ``service/server.py`` (before any ASGI app runs).
+- Fairness and admission: the client key (``HLM_CLIENT_ID_HEADER`` or the peer address)
+  goes to the batcher in a ``Ticket`` context variable; the edge counts a body's tokens
+  (``Batcher.estimate``) and asks ``Batcher.admit`` before the framework runs; a refusal is
+  held ``HLM_REFUSAL_HOLD_MS`` before it is sent; a served request reports its time outside
+  the queue back to its batcher (``observe_service``), from which the budget is derived.
 - Last line of defence: an exception nothing else handled is logged with its traceback
   here and answered with a JSON 500 that carries no details.
 - Start-up refusals: the lifespan's one-sentence reason replaces the traceback Starlette
@@ -21,13 +34,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Optional
 
 from pydantic_core import from_json
 
-from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, ServiceError, error_body
+from service.batcher import REQUEST, Ticket
+from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, Refusal, ServiceError, error_body, refusal_error
 from service.protocol import SearchRequest
 from service.serving import Phase
 
@@ -36,16 +51,32 @@ log = logging.getLogger(__name__)
 # The routes whose requests queue on an encoder, and the encoder a body that names none gets.
 SHEDDABLE = frozenset({"/v1/search", "/v1/embed"})
 DEFAULT_ENCODER = SearchRequest.model_fields["encoder"].default
+# FastAPI's documentation pages load their scripts from a CDN (blank offline): not served.
+DROPPED = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+JSON_TYPES = (b"application/json",)
+
+
+class BodyTimeout(ServiceError):
+    status = 408
+    code = "body_timeout"
 
 
 class EdgeMiddleware:
-    def __init__(self, app, *, metrics, state, max_body_bytes: int, known_paths: set[str]):
+    def __init__(self, app, *, metrics, state, max_body_bytes: int, known_paths: set[str], settings=None):
         self.app = app
         self.state = state
         self.max_body = max_body_bytes
         self.known_paths = known_paths
         self.histogram = metrics.request_duration
         self._children: dict[tuple[str, str, str], object] = {}
+        self._settings = settings  # None: the runtime's (the app factory passes none)
+
+    def _setting(self, name: str, default):
+        settings = self._settings
+        if settings is None:
+            runtime = self.state.runtime
+            settings = getattr(runtime, "settings", None)
+        return getattr(settings, name, default) if settings is not None else default
 
     async def __call__(self, scope, receive, send):
         kind = scope["type"]
@@ -88,43 +119,87 @@ class EdgeMiddleware:
             await send(message)
 
         limit = self.max_body
+        client_header = self._setting("client_id_header", None)
+        client_header = client_header.lower().encode() if client_header else None
+        announced, ctype, encoding, chunked, client = 0, None, None, False, None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     announced = int(value)
                 except ValueError:
                     announced = -1
-                if announced > limit:
-                    await _send_error(tracking_send, 413, "body_too_large",
-                                      f"The request body has {announced} bytes, more than the limit of {limit}.")
-                    self._observe(scope, status, time.perf_counter() - start)
-                    return
-                break
+            elif name == b"content-type":
+                ctype = value
+            elif name == b"content-encoding":
+                encoding = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == client_header:
+                client = value[:128].decode("latin-1")
+        if client is None:
+            peer = scope.get("client")
+            client = peer[0] if peer else ""
+        problem = self._head_problem(scope, announced, ctype, encoding, chunked, limit)
+        if problem is not None:
+            await _send_error(tracking_send, *problem)
+            self._observe(scope, status, time.perf_counter() - start)
+            return
 
+        ticket = Ticket(client)
+        REQUEST.set(ticket)  # this request's own task: no other request sees it
+        deadline = asyncio.get_running_loop().time() + self._setting("body_timeout_s", 20.0)
         if scope["method"] == "POST" and scope["path"] in SHEDDABLE:
-            body, problem = await _read_body(receive, limit)
+            body, problem = await _read_body(receive, limit, deadline)
             if problem is None:
-                problem = self._refusal(scope, body)
+                problem = self._refusal(scope, body, client)
             if problem is not None:
                 if problem.status != 499:  # 499: the client left; nobody to answer
+                    hold = self._setting("refusal_hold_ms", 0.0)
+                    if hold and problem.status in (413, 429):
+                        await asyncio.sleep(hold / 1000.0)
                     await _send_error(tracking_send, problem.status, problem.code, problem.message, problem.headers)
                 self._observe(scope, problem.status, time.perf_counter() - start)
                 return
             app_receive = _replay(body, receive)
         else:
-            app_receive = _limited(receive, limit)
+            app_receive = _limited(receive, limit, deadline)
 
         try:
             await self.app(scope, app_receive, tracking_send)
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised by our receive where no handler caught it
+            if not started:
+                await _send_error(tracking_send, exc.status, exc.code, exc.message, exc.headers)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_error(tracking_send, *INTERNAL_ERROR)
             status = 500
         finally:
-            self._observe(scope, status, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self._observe(scope, status, elapsed)
+            if status == 200 and ticket.batcher is not None and ticket.queue_s is not None:
+                ticket.batcher.observe_service(max(0.0, elapsed - ticket.queue_s))
 
-    def _refusal(self, scope, body: bytes) -> Optional[ServiceError]:
+    def _head_problem(self, scope, announced: int, ctype, encoding, chunked: bool, limit: int):
+        """(status, code, sentence) for a request refused on its head alone, else None."""
+        path = scope["path"]
+        if announced > limit:
+            return 413, "body_too_large", f"The request body has {announced} bytes, more than the limit of {limit}."
+        if path in DROPPED or (path != "/" and path.endswith("/")):
+            # No redirect to the slash-less path: Starlette builds its target from the Host header.
+            return 404, "not_found", f"There is no {path} here; see /openapi.json."
+        if scope["method"] == "POST" and (announced > 0 or chunked):
+            if encoding is not None and encoding.strip().lower() != b"identity":
+                return (415, "unsupported_media_type",
+                        f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not supported; send the body uncompressed.")
+            media = (ctype or b"").split(b";", 1)[0].strip().lower()
+            if media not in JSON_TYPES:
+                shown = media.decode("latin-1")[:60] if media else "none"
+                return (415, "unsupported_media_type",
+                        f"The body must be JSON with 'Content-Type: application/json' (got {shown}).")
+        return None
+
+    def _refusal(self, scope, body: bytes, client: str) -> Optional[ServiceError]:
         """The encoder's refusal if it would refuse this request now, else None."""
         runtime = self.state.runtime
         if runtime is None or self.state.phase is not Phase.READY:
@@ -133,12 +208,23 @@ class EdgeMiddleware:
             data = from_json(body)
         except ValueError:
             return None
-        encoder = data.get("encoder", DEFAULT_ENCODER) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        encoder = data.get("encoder", DEFAULT_ENCODER)
         slot = runtime.slots.get(encoder) if isinstance(encoder, str) else None
         if slot is None or slot.batcher is None:
             return None
+        texts = data.get("queries")
+        if texts is None:
+            texts = [data.get("query")]
+        if not isinstance(texts, list) or not texts or len(texts) > self._setting("max_queries", 64) \
+                or not all(isinstance(t, str) for t in texts):
+            return None  # the route explains what is wrong with it
         try:
-            slot.batcher.admit()
+            slot.batcher.admit(slot.batcher.estimate(texts), client)
+        except Refusal as refusal:
+            scope["hlm.encoder"] = encoder
+            return refusal_error(refusal)
         except ServiceError as exc:
             scope["hlm.encoder"] = encoder
             return exc
@@ -150,14 +236,14 @@ class _ClientLeft(ServiceError):
     code = CLIENT_CLOSED[1]
 
 
-async def _read_body(receive, limit: int) -> tuple[bytes, Optional[ServiceError]]:
-    """The whole body (at most ``limit`` bytes), or the reason there is none."""
-    receive = _limited(receive, limit)
+async def _read_body(receive, limit: int, deadline: Optional[float] = None) -> tuple[bytes, Optional[ServiceError]]:
+    """The whole body (at most ``limit`` bytes, before ``deadline``), or the reason there is none."""
+    receive = _limited(receive, limit, deadline)
     chunks = []
     while True:
         try:
             message = await receive()
-        except BodyTooLarge as exc:
+        except (BodyTooLarge, BodyTimeout) as exc:
             return b"", exc
         if message["type"] == "http.disconnect":
             return b"", _ClientLeft("The client closed the connection before sending its body.")
@@ -180,17 +266,32 @@ def _replay(body: bytes, receive):
     return replay_receive
 
 
-def _limited(receive, limit: int):
-    """A receive that cuts a body off at ``limit`` bytes (chunked, or longer than announced)."""
+def _limited(receive, limit: int, deadline: Optional[float] = None):
+    """A receive that cuts a body off at ``limit`` bytes (chunked, or longer than announced)
+    and, until the body is complete, at ``deadline`` (loop time): a slow-body socket gets
+    408 and is closed. After the body it is a plain receive (disconnect watching)."""
     received = 0
+    complete = deadline is None
 
     async def limited_receive():
-        nonlocal received
-        message = await receive()
+        nonlocal received, complete
+        if complete:
+            message = await receive()
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout("The request body did not arrive in time; the connection is closed.",
+                                  headers={"Connection": "close"}) from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
                 raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+            if not message.get("more_body", False):
+                complete = True
+        else:
+            complete = True
         return message
 
     return limited_receive

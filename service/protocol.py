@@ -70,11 +70,25 @@ class _QueriesIn(BaseModel):
         return self._texts
 
 
+# What the validator enforces, said in the schema: exactly one of `query` (a string) or
+# `queries` (a list); `{}` and both together are a documented 422.
+ONE_OF_QUERY = [{"required": ["query"], "properties": {"query": {"type": "string"}}},
+                {"required": ["queries"], "properties": {"queries": {"type": "array"}}}]
+
+
+def _integral(value):
+    """JSON has one number type: 1.0 is the integer 1 (JSON Schema agrees); 1.5 stays invalid."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class SearchRequest(_QueriesIn):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
+            "oneOf": ONE_OF_QUERY,
             "examples": [
                 {"query": "cordless drill", "k": 10},
                 {"queries": ["cordless drill", "garden hose 50 ft"], "k": 5, "encoder": "teacher"},
@@ -105,6 +119,11 @@ class SearchRequest(_QueriesIn):
                 raise ValueError("filter is empty; leave it out to search every keyword")
         return value
 
+    @field_validator("k", "ef", mode="before")
+    @classmethod
+    def _whole(cls, value):
+        return _integral(value)
+
     @field_validator("k")
     @classmethod
     def _k_range(cls, value, info: ValidationInfo):
@@ -130,7 +149,8 @@ class EmbedRequest(_QueriesIn):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"query": "cordless drill"}, {"queries": ["paint", "wood screws"], "encoder": "teacher"}]},
+        json_schema_extra={"oneOf": ONE_OF_QUERY,
+                           "examples": [{"query": "cordless drill"}, {"queries": ["paint", "wood screws"], "encoder": "teacher"}]},
     )
 
 
@@ -213,9 +233,15 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "Body larger than HLM_MAX_BODY_BYTES."},
-    422: {"model": ErrorResponse, "description": "Invalid JSON, wrong types, empty query, k/ef out of range, too many queries."},
-    429: {"model": ErrorResponse, "description": "The encoder's queue is full; retry after Retry-After seconds."},
+    408: {"model": ErrorResponse, "description": "The body did not arrive within HLM_BODY_TIMEOUT_S; the connection is closed."},
+    413: {"model": ErrorResponse, "description": "Body larger than HLM_MAX_BODY_BYTES, or `too_large`: the request alone would "
+          "hold its encoder longer than HLM_MAX_REQUEST_MS (send fewer or shorter queries)."},
+    415: {"model": ErrorResponse, "description": "The body is not `Content-Type: application/json`, or is compressed."},
+    422: {"model": ErrorResponse, "description": "Invalid JSON, wrong types, neither or both of `query`/`queries` "
+          "(`{}` included), empty query, k/ef out of range, too many queries."},
+    429: {"model": ErrorResponse, "description": "Refused at once: `budget` (the work ahead would keep it past its "
+          "encoder's budget), `client_share` (mostly this client's own queued work), `queue_full`; retry after "
+          "Retry-After seconds (the expected wait, rounded up)."},
     503: {"model": ErrorResponse, "description": "Not ready yet (loading, warming up) or shutting down."},
 }
 

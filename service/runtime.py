@@ -23,7 +23,7 @@ from artifact.manifest import ArtifactError, encoder_model
 from retrieval.base import Hit, IndexUnavailable, SearchParams
 from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
-from service.batcher import Batcher, Job
+from service.batcher import Batcher, Job, join_answers, split_texts, token_counter
 from service.live.keywords import LiveKeywords, LiveUnavailable
 from service.errors import NotReady
 from service.loader import student_precision
@@ -237,14 +237,33 @@ class Runtime:
         if self.live is not None:  # the ingest thread (once per process: a reload carries it over)
             self.live.start(loop)
         for name, slot in self.slots.items():
+            student = name == "student"
+            budget_ms = s.max_queue_wait_ms if student else s.teacher_queue_wait_ms
+            tokens = token_counter(slot.encoder.token_counts, slot.encoder.max_length)
+
+            def calibrate(slot=slot, tokens=tokens) -> tuple[float, int]:
+                # Seeds the cost per token before the first job (in the worker thread): the
+                # faster of two runs of the warm-up texts, which are already warm.
+                units = slot.batcher.cost_units(tokens(WARMUP_TEXTS))
+                runs = []
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    self._encode(slot, list(WARMUP_TEXTS))
+                    runs.append(time.perf_counter() - t0)
+                return min(runs), units
+
             slot.batcher = Batcher(
                 name,
                 lambda jobs, slot=slot: self.run_batch(slot, jobs),
-                max_batch=s.max_batch if name == "student" else s.teacher_batch,
+                max_batch=s.max_batch if student else s.teacher_batch,
+                max_batch_tokens=s.max_batch_tokens if student else s.teacher_max_batch_tokens,
                 max_wait_s=s.max_wait_ms / 1000.0,
                 queue_size=s.queue_size,
                 retry_after_s=s.retry_after_s,
-                max_queue_wait_s=(s.max_queue_wait_ms if name == "student" else s.teacher_queue_wait_ms) / 1000.0,
+                max_queue_wait_s=None if budget_ms is None else budget_ms / 1000.0,
+                slo_s=(s.slo_ms if student else s.teacher_slo_ms) / 1000.0,
+                max_request_s=(s.max_request_ms if student else s.teacher_max_request_ms) / 1000.0,
+                tokens=tokens, split=split_texts, join=join_answers, calibrate=calibrate,
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)

@@ -10,10 +10,12 @@ the way the signal says, as without a handler.)
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.main import create_app
 from service.serving import Phase
@@ -25,6 +27,117 @@ def log_config(level: str) -> dict:
     for name in ("service", "models"):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
+
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds it lacks: the request head (request line
+    + headers) at most ``max_header_bytes`` (431), read within ``header_timeout_s`` from the
+    connection's or the request's first byte (408: slowloris), and at most
+    ``max_connections`` open connections (503 to the next one). Each refusal is a JSON error
+    written before the connection is closed; the ASGI app never sees the request. Idle
+    keep-alive is uvicorn's ``timeout_keep_alive``; the body's read time is bounded in the
+    edge middleware (``HLM_BODY_TIMEOUT_S``). Subclassed with the settings by ``protocol_for``.
+    """
+
+    max_header_bytes = 16384
+    header_timeout_s = 10.0
+    max_connections = 1024
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._in_head = True
+        self._refused = False
+        self._head_timer = None
+        if len(self.connections) > self.max_connections:
+            self._refuse(503, "too_many_connections", "The server has too many open connections; retry shortly.")
+            return
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Checked after parsing: a chunk that completed its head (body bytes and all) passes;
+        # an unfinished head past the bound is refused before it can grow (httptools keeps it).
+        if self._in_head and self._head_bytes > self.max_header_bytes and not self._refused:
+            self._too_large()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._head_timer is None and not self._refused:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._cancel_head_timer()
+        self._in_head = False
+        size, self._head_bytes = sum(len(n) + len(v) + 4 for n, v in self.headers) + len(self.url), 0
+        if size > self.max_header_bytes:  # a whole oversized head in one chunk
+            self._too_large()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def _too_large(self) -> None:
+        self._refuse(431, "headers_too_large",
+                     f"The request line and headers are larger than the limit of {self.max_header_bytes} bytes.")
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, "header_timeout",
+                         f"The request headers did not arrive within {self.header_timeout_s:g} s; the connection is closed.")
+
+    def _cancel_head_timer(self) -> None:
+        if getattr(self, "_head_timer", None) is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n" % (status, _REASONS[status], len(body)) + body)
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type:
+    """The bounded protocol class with this server's limits."""
+    return type("HlmHttpProtocol", (BoundedHttpToolsProtocol,), {
+        "max_header_bytes": settings.max_header_bytes,
+        "header_timeout_s": settings.header_timeout_s,
+        "max_connections": settings.max_connections,
+    })
 
 
 def serve(settings: Settings) -> int:
@@ -46,6 +159,9 @@ def serve(settings: Settings) -> int:
         log_config=log_config(settings.log_level),
         timeout_graceful_shutdown=30,
         server_header=False,
+        http=protocol_for(settings),
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # if h11 were ever used
     )
     server = uvicorn.Server(config)
     try:

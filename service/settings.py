@@ -54,18 +54,50 @@ class Settings(BaseSettings):
         "query alone). False: one ONNX call per batch, more throughput at saturation, answers depend on the batch.",
     )
     queue_size: int = Field(256, ge=1, description="Bound of each encoder's queue, in requests; past it requests get 429.")
-    max_queue_wait_ms: float = Field(
-        5.0, ge=0.0,
-        description="Admission bound in time for the student: a request is refused at once (429) when the rest of the "
-        "batch now running plus the work already queued on its encoder (queries x the measured cost per query), would take longer than this. 5 ms kept the accepted p99 at ~15 ms "
-        "(server) under 3x overload, 10 ms at ~29 ms (docs/RELIABILITY.md). 0 = only the queue_size bound.",
+    slo_ms: float = Field(
+        15.0, gt=0.0,
+        description="The student's latency objective (server-side p99). Its waiting budget is this minus the measured "
+        "time a served request spends outside the queue (mean + 3 deviations), so the budget shrinks when the event "
+        "loop is saturated (open-loop overload) and grows back at ordinary concurrency (docs/RELIABILITY.md).",
+    )
+    teacher_slo_ms: float = Field(
+        100.0, gt=0.0,
+        description="The same for the teacher: one query costs it 25-50 ms on 2 cores, so it cannot meet the student's SLO.",
+    )
+    max_queue_wait_ms: Optional[float] = Field(
+        None, ge=0.0,
+        description="A fixed waiting budget for the student instead of the SLO-derived one: a request is refused at "
+        "once (429) when the work the fair queue would run before it (the rest of the running batch included) takes "
+        "longer. 0 = only the queue_size bound.",
     )
     teacher_max_queue_wait_ms: Optional[float] = Field(
-        50.0, ge=0.0,
-        description="The same bound for the teacher (one query costs it ~20 ms, so the student's budget would refuse "
-        "every queued teacher request); None = max_queue_wait_ms.",
+        None, ge=0.0, description="A fixed waiting budget for the teacher; None = derived from teacher_slo_ms.",
     )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers.")
+    max_batch_tokens: int = Field(
+        256, ge=1,
+        description="Most tokens (padded: queries x the longest) in one student batch; a request is cut into parts "
+        "within max_batch and this, so other clients' queries run between its parts (2 long queries: ~50 ms).",
+    )
+    teacher_max_batch_tokens: int = Field(
+        512, ge=1, description="The same for the teacher (it runs a batch as one padded tensor: this bounds its memory).",
+    )
+    max_request_ms: float = Field(
+        400.0, ge=0.0,
+        description="A student request whose own estimated encoder time (tokens x measured cost) is longer is refused "
+        "up front (413 too_large): 64 short queries cost ~110 ms, 64 x 4,000 characters ~1.3 s. 0 = no bound.",
+    )
+    teacher_max_request_ms: float = Field(3000.0, ge=0.0, description="The same for the teacher (64 x 4,000 characters: 20-26 s).")
+    client_id_header: Optional[str] = Field(
+        None,
+        description="Header naming the client for fair queueing (set it only behind a proxy that sets it); "
+        "unset: the peer address.",
+    )
+    refusal_hold_ms: float = Field(
+        0.0, ge=0.0, le=5000.0,
+        description="Hold a 429/413 refused at the edge this long before answering, so a client that retries at once "
+        "(closed loop, no Retry-After) cannot spin the event loop the encoder needs.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Least Retry-After on 429/503 answers (else the expected wait, rounded up).")
 
     # ONNX Runtime.
     threads: int = Field(1, ge=1, le=64, description="Intra-op threads per ONNX Runtime session (1 was fastest on 2 cores).")
@@ -98,6 +130,12 @@ class Settings(BaseSettings):
     reload_on_sighup: bool = Field(True, description="SIGHUP reloads HLM_ARTIFACT_DIR in the background (as POST /admin/reload).")
     warmup_rounds: int = Field(3, ge=0, le=100, description="Warm-up calls per encoder before /readyz turns green.")
     warmup_delay_s: float = Field(0.0, ge=0.0, description="Test hook: sleep this long before warm-up.")
+    # Connection bounds (service/server.py; uvicorn alone has none for headers or bodies).
+    max_header_bytes: int = Field(16384, ge=1024, description="Largest request head (request line + headers): larger gets 431.")
+    header_timeout_s: float = Field(10.0, gt=0.0, description="Time from a request's first byte to its last header line: past it 408, closed.")
+    body_timeout_s: float = Field(20.0, gt=0.0, description="Time to receive a whole request body: past it 408, closed.")
+    keep_alive_s: float = Field(5.0, gt=0.0, description="An idle keep-alive connection is closed after this.")
+    max_connections: int = Field(1024, ge=1, description="Open connections at most; one more is answered 503 and closed.")
     log_level: str = "info"
     access_log: bool = False
 
@@ -147,5 +185,5 @@ class Settings(BaseSettings):
         return self.teacher_max_batch or self.max_batch
 
     @property
-    def teacher_queue_wait_ms(self) -> float:
-        return self.max_queue_wait_ms if self.teacher_max_queue_wait_ms is None else self.teacher_max_queue_wait_ms
+    def teacher_queue_wait_ms(self) -> Optional[float]:
+        return self.teacher_max_queue_wait_ms

@@ -159,7 +159,8 @@ def test_oversized_body_without_content_length_is_cut_off(server):
             yield b"y" * 10_000
         yield b'"}'
 
-    response = server.client.post("/v1/search", content=chunks())  # chunked: no Content-Length
+    response = server.client.post("/v1/search", content=chunks(),  # chunked: no Content-Length
+                                  headers={"content-type": "application/json"})
     assert response.status_code == 413 and error_of(response)["code"] == "body_too_large"
 
 
@@ -241,4 +242,6 @@ def test_info_health_and_docs(server, small_artifact):
     search_op = spec["paths"]["/v1/search"]["post"]
     assert search_op["requestBody"]["content"]["application/json"]["schema"]["examples"]
     assert {"413", "422", "429", "503"} <= set(search_op["responses"])
-    assert "/v1/embed" in spec["paths"] and server.client.get("/docs").status_code == 200
+    assert "/v1/embed" in spec["paths"]
+    docs = server.client.get("/docs")  # dropped: its scripts come from a CDN (blank offline)
+    assert docs.status_code == 404 and "/openapi.json" in error_of(docs)["message"]

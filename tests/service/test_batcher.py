@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from service.batcher import Batcher
-from service.errors import NotReady, Overloaded
+from service.batcher import QUERY_TOKENS, Batcher
+from service.errors import Refusal, refusal_error
 from service.metrics import Metrics
 
 
@@ -86,7 +86,7 @@ def test_full_queue_refuses_at_once_and_cancelled_jobs_are_skipped():
         running = b.submit("running")
         await asyncio.to_thread(fn.entered.wait, 10)
         gone, kept = b.submit("gone"), b.submit("kept")
-        with pytest.raises(Overloaded) as info:
+        with pytest.raises(Refusal) as info:
             b.submit("refused")
         gone.cancel()  # the client went away while queued
         fn.gate.set()
@@ -94,8 +94,9 @@ def test_full_queue_refuses_at_once_and_cancelled_jobs_are_skipped():
         await b.close()
         return fn.batches, info.value, metrics
 
-    batches, error, metrics = run(main())
+    batches, refusal, metrics = run(main())
     assert batches == [["running"], ["kept"]]
+    error = refusal_error(refusal)
     assert error.status == 429 and error.code == "queue_full" and error.headers == {"Retry-After": "3"}
     assert sample(metrics, "hlm_rejected_total", {"encoder": "teacher", "reason": "queue_full"}) == 1
     assert sample(metrics, "hlm_rejected_total", {"encoder": "teacher", "reason": "client_gone"}) == 1
@@ -113,8 +114,9 @@ def test_close_drains_the_queue_then_refuses():
         assert not b.submit_background(98, 1, seen.append, only_if_idle=True)  # queue busy: dropped
         closing = asyncio.ensure_future(b.close())
         await asyncio.sleep(0.05)
-        with pytest.raises(NotReady):
+        with pytest.raises(Refusal) as info:
             b.submit(100)
+        assert info.value.reason == "shutting_down" and refusal_error(info.value).status == 503
         fn.gate.set()
         await closing
         return [f.result() for f in futures], seen
@@ -160,31 +162,41 @@ def test_max_wait_collects_a_later_request():
 
 
 def test_the_rest_of_the_running_batch_counts_against_the_queue_budget():
-    """An empty queue behind a batch that will run for longer than the budget is refused."""
-    started = threading.Event()
-
-    def slow(jobs):  # 200 ms a query: the measured cost per query
-        started.set()
-        time.sleep(0.2 * len(jobs))
-        return [f"r{job.payload}" for job in jobs]
+    """An empty queue behind a batch that will run longer than the budget is refused; the
+    clock and the cost per query are injected, so the machine's speed cannot matter."""
+    clock = FakeClock()
+    fn = Recorder()
 
     async def main():
         metrics = Metrics()
-        b = Batcher("student", slow, max_batch=4, max_queue_wait_s=0.05, metrics=metrics)
+        b = Batcher("student", fn, max_batch=4, max_queue_wait_s=0.05, clock=clock, metrics=metrics)
+        b.cost_per_unit = 0.2 / QUERY_TOKENS  # 200 ms a query
         b.start(asyncio.get_running_loop())
-        assert await b.submit("first") == "rfirst"  # measures the cost
-        started.clear()
-        second = b.submit("second")
-        await asyncio.to_thread(started.wait, 10)
-        assert b.qsize() == 0 and b.expected_wait_s() > 0.05  # ~200 ms left, minus the hand-over
-        with pytest.raises(Overloaded) as info:
+        fn.gate.clear()
+        running = b.submit("first")
+        await asyncio.to_thread(fn.entered.wait, 10)
+        assert b.qsize() == 0 and b.expected_wait_s() == pytest.approx(0.2)
+        with pytest.raises(Refusal) as info:
             b.submit("behind a long batch")
-        assert await second == "rsecond"
-        assert b.expected_wait_s() == 0.0
-        assert await b.submit("after it") == "rafter it"
+        clock.t = 0.16  # 40 ms of the batch left: within the budget
+        assert b.expected_wait_s() == pytest.approx(0.04)
+        admitted = b.submit("near its end")
+        b.cost_per_unit = 0.2 / QUERY_TOKENS
+        fn.gate.set()
+        assert await running == "rfirst" and await admitted == "rnear its end"
         await b.close()
         return info.value, metrics
 
-    error, metrics = run(main())
-    assert error.status == 429 and "ms of work queued" in error.message
-    assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "queue_full"}) == 1
+    refusal, metrics = run(main())
+    error = refusal_error(refusal)
+    assert refusal.reason == "budget" and error.status == 429 and "200 ms of work ahead" in error.message
+    assert error.headers == {"Retry-After": "1"}  # 0.2 s rounds up to HTTP's whole second
+    assert sample(metrics, "hlm_rejected_total", {"encoder": "student", "reason": "budget"}) == 1
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t

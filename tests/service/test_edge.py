@@ -31,6 +31,21 @@ class InnerApp:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
+class WholeBodyApp(InnerApp):
+    """Reads the body to its end, as a route does."""
+
+    async def __call__(self, scope, receive, send):
+        data = b""
+        while True:
+            message = await receive()
+            data += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.bodies.append(data)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
 def held_batcher(name: str, metrics: Metrics, gate: threading.Event, entered: threading.Event) -> Batcher:
     def fn(jobs):
         entered.set()
@@ -115,4 +130,80 @@ def test_a_body_over_the_limit_without_a_length_is_refused_at_the_edge():
     edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=10, known_paths={"/v1/search"})
     status, _, body = asyncio.run(post(edge, "/v1/search", b'{"query": "a much longer query"}'))
     assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
+    assert inner.bodies == []
+
+
+async def call(app, method: str, path: str, headers: list, chunks: list, settings=None):
+    """Drive the edge with hand-made messages; a chunk None never arrives (a stalled client)."""
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": ("10.0.0.1", 5000)}
+    pending = list(chunks)
+
+    async def receive():
+        if pending:
+            chunk = pending.pop(0)
+            if chunk is None:
+                await asyncio.Event().wait()  # never
+            return chunk
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, \
+        b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def body(data: bytes, more: bool = False) -> dict:
+    return {"type": "http.request", "body": data, "more_body": more}
+
+
+def test_the_edge_refuses_wrong_media_types_encodings_slashes_and_docs_before_the_app():
+    metrics, state, inner = Metrics(), AppState(), InnerApp()
+    edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000, known_paths={"/v1/search"})
+    json_body = [body(b'{"query": "drill"}')]
+    n = str(len(json_body[0]["body"])).encode()
+
+    async def main():
+        return [
+            await call(edge, "POST", "/v1/search", [(b"content-length", n), (b"content-type", b"text/plain")], json_body),
+            await call(edge, "POST", "/v1/search", [(b"content-length", n)], json_body),
+            await call(edge, "POST", "/v1/search", [(b"content-length", n), (b"content-type", b"application/json"),
+                                                    (b"content-encoding", b"deflate, br")], json_body),
+            await call(edge, "GET", "/healthz/", [(b"host", b"evil.example")], []),
+            await call(edge, "GET", "/docs", [], []),
+            await call(edge, "POST", "/v1/search", [(b"content-length", n),
+                                                    (b"content-type", b"Application/JSON; charset=utf-8")], json_body),
+            await call(edge, "POST", "/admin/reload", [], [body(b"")]),  # no body: no media type needed
+        ]
+
+    wrong_type, no_type, encoded, slash, docs, ok, reload = asyncio.run(main())
+    assert wrong_type[0] == no_type[0] == encoded[0] == 415
+    assert "application/json" in json.loads(wrong_type[2])["error"]["message"]
+    assert "Content-Encoding" in json.loads(encoded[2])["error"]["message"]
+    assert slash[0] == 404 and "location" not in slash[1] and b"evil" not in slash[2]
+    assert docs[0] == 404 and b"/openapi.json" in docs[2]
+    assert ok[0] == 200 and reload[0] == 200
+    assert inner.bodies == [b'{"query": "drill"}', b""]  # only the last two reached the app
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_closes_the_connection():
+    metrics, state, inner = Metrics(), AppState(), InnerApp()
+    settings = SimpleNamespace(body_timeout_s=0.05, client_id_header=None, refusal_hold_ms=0.0, max_queries=64)
+    inner = WholeBodyApp()
+    edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
+                          known_paths={"/v1/search", "/v1/other"}, settings=settings)
+    head = [(b"content-length", b"100"), (b"content-type", b"application/json")]
+
+    async def main():
+        return (await call(edge, "POST", "/v1/search", head, [body(b'{"que', True), None]),
+                await call(edge, "POST", "/v1/other", head, [body(b'{"que', True), None]))
+
+    shed_path, app_path = asyncio.run(main())
+    for status, headers, data in (shed_path, app_path):
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(data)["error"]["code"] == "body_timeout"
     assert inner.bodies == []
