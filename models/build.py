@@ -303,7 +303,7 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     others = [t for k, t in zip(inputs.keyword_ids, inputs.keyword_texts) if not k.startswith("hd:")]
     data = build_training_data(
         TeacherVectors(threads, encoder=teacher, folder=teacher_folder), products=products, web_queries=0, topics_limit=0,
-        kl_candidates=0, extra_texts=inputs.fit_queries + others,
+        kl_candidates=0, extra_texts=inputs.fit_queries + others + extra_training_texts(profile),
     )
     print(f"  training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} judged train pairs")
     teacher_id = teacher_key(profile.max_length, teacher_folder) if teacher_folder else "packaged"
@@ -317,6 +317,17 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
         teacher_folder=teacher_folder,
     )
     return done.get("phase3") or done["phase2"]
+
+
+def extra_training_texts(profile: Profile) -> list[str]:
+    """The profile's extra phase-2 texts: train-split MS MARCO queries and Million Query topics."""
+    from models.distill.prepare import train_queries
+
+    extra = train_queries()[1][: profile.distill_extra_web] if profile.distill_extra_web else []
+    if profile.distill_extra_topics:
+        topics = data_mod.load_sample("topics").texts
+        extra += [t for t in topics if split_of(t) == "train"][: profile.distill_extra_topics]
+    return extra
 
 
 def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, threads):

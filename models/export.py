@@ -51,7 +51,7 @@ def export_onnx(model: SentenceEncoder, path: Path, tokenizer_json: Path) -> Non
         )
 
 
-def quantize_int8(source: Path, target: Path, exclude_nodes: Sequence[str] = ()) -> None:
+def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 copy: per-channel weights, reduce_range for AVX2 CPUs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -61,9 +61,47 @@ def quantize_int8(source: Path, target: Path, exclude_nodes: Sequence[str] = ())
         weight_type=QuantType.QInt8,
         per_channel=True,
         reduce_range=True,
-        nodes_to_exclude=list(exclude_nodes),
         op_types_to_quantize=["MatMul", "Gemm"],
     )
+
+
+def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calibration_texts: Sequence[str]) -> None:
+    """Static (calibrated) int8 copy: activation scales fixed from ``calibration_texts`` (train-split
+    queries), so a text's vector no longer depends on its batch-mates and the model may batch.
+
+    QDQ format, per-channel int8 weights, reduce_range as above; MatMul/Gemm only, like the
+    dynamic copy, so the two differ in where the activation scales come from and nothing else.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retrieval.onnx_encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_json)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(list(calibration_texts))
+
+        def get_next(self):
+            text = next(self.items, None)
+            if text is None:
+                return None
+            e = tokenizer.encode(text)
+            ids = np.array([e.ids], dtype=np.int64)
+            return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prepared = target.with_name(target.stem + ".prep.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
 
 
 def torch_encode(model: SentenceEncoder, tokenizer_json: Path, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

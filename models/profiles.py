@@ -55,6 +55,11 @@ class Profile:
     # (``get_profile(name, student=...)``): family ("static" or "transformer") -> fields.
     # A static student needs phase 2 and many cheap steps; a cut transformer few costly ones.
     family_overrides: dict = field(default_factory=dict)
+    # Extra phase-2 texts for in-build training (train split only): MS MARCO queries and
+    # Million Query topics beyond the keyword set. Their teacher vectors cost encoding time
+    # (~100-200 short texts/s here); a static student's 23M free values need them.
+    distill_extra_web: int = 0
+    distill_extra_topics: int = 0
 
 
 def student_family(student: str) -> str:

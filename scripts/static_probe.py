@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -39,14 +39,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from models import data as data_mod
-    from models.build import select_inputs
+    from models.build import extra_training_texts, select_inputs
     from models.distill.pipeline import run_phases, torch_encoder
-    from models.distill.prepare import build_training_data, train_queries
+    from models.distill.prepare import build_training_data
     from models.distill.students import get_spec, tokenizer_name
     from models.distill.teacher_vectors import TeacherVectors
     from models.evaluate import JudgedEval, judged_queries
     from models.profiles import get_profile
-    from models.splits import split_of
 
     profile = get_profile("demo")
     inputs = select_inputs(profile)
@@ -55,12 +54,7 @@ def main() -> None:
     rows = [i for i, k in enumerate(inputs.keyword_ids) if k.startswith("hd:")]
     products = ([inputs.keyword_ids[i][3:] for i in rows], [inputs.keyword_texts[i] for i in rows], keyword_vectors[rows])
     others = [t for k, t in zip(inputs.keyword_ids, inputs.keyword_texts) if not k.startswith("hd:")]
-    extra = []
-    if args.extra_web:
-        extra += train_queries()[1][: args.extra_web]
-    if args.extra_topics:
-        topics = data_mod.load_sample("topics").texts
-        extra += [t for t in topics if split_of(t) == "train"][: args.extra_topics]
+    extra = extra_training_texts(replace(profile, distill_extra_web=args.extra_web, distill_extra_topics=args.extra_topics))
     data = build_training_data(teacher, products=products, web_queries=0, topics_limit=0, kl_candidates=0,
                                extra_texts=inputs.fit_queries + others + extra)
     print(f"phase-2 texts {len(data.texts)}, judged pairs {len(data.pair_queries)}")

@@ -7,8 +7,6 @@ writes its own checkpoint folder under ``runs/students/<student>/`` and is resum
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -16,10 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from models.distill.checkpoint import load_student_checkpoint, read_spec
 from models.distill.recipes import phase_settings
 from models.distill.students import get_spec, make_student, tokenizer_name
-from models.distill.teacher_vectors import TeacherVectors
 from models.distill.train import TrainConfig, TrainingData, train
 from models.encoders import SentenceEncoder, tokenizer_path
 from models.student_linear import fit_projection

@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from models.distill.checkpoint import load_student_checkpoint, read_spec
 from models.distill.students import tokenizer_name

@@ -18,7 +18,6 @@ killed run resumes where it stopped (``--resume`` is the default when the folder
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import time
