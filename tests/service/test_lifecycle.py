@@ -154,6 +154,27 @@ def test_a_corrupted_artifact_stops_start_up_with_one_sentence(start_server, sma
     assert "Traceback" not in log
 
 
+def test_an_artifact_below_the_gate_stops_start_up_with_one_sentence(start_server, unservable_artifact):
+    """`hlm serve` on what `hlm build` (gate enforced) marked not servable: exit 2, one sentence, nothing loaded."""
+    import json
+
+    message = json.loads((unservable_artifact / "manifest.json").read_text())["gate"]["message"]
+    srv = start_server(artifact=unservable_artifact)
+    assert srv.proc.wait(120) == 2
+    log = srv.log()
+    assert (f"Start-up stopped: The artifact in {unservable_artifact} is marked not servable in its manifest: "
+            f"{message}.") in log
+    assert "ready:" not in log and "Traceback" not in log
+
+
+def test_serving_below_the_gate_is_logged_at_start_up(tight, small_artifact):
+    """The suite's artifact was built with --allow-below-gate: the service said so at start-up."""
+    import json
+
+    message = json.loads((small_artifact / "manifest.json").read_text())["gate"]["message"]
+    assert f"serving below the quality gate (the builder overrode it): {message}" in tight.log()
+
+
 def test_a_missing_artifact_stops_start_up(start_server, tmp_path):
     srv = start_server(artifact=tmp_path / "nothing-here")
     assert srv.proc.wait(120) == 2
