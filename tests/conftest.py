@@ -50,6 +50,12 @@ def _built(preset: str | None, folder: Path, make) -> Path:
 
 
 @pytest.fixture(scope="session")
+def run_hlm():
+    """run_hlm(*args, data_dir=None, **env) -> CompletedProcess of the real CLI (see ``hlm``)."""
+    return hlm
+
+
+@pytest.fixture(scope="session")
 def command_log():
     """command_log(folder) -> what the command that made ``folder`` printed (see ``_built``)."""
     return lambda folder: Path(f"{folder}.log").read_text()
