@@ -245,5 +245,42 @@ def index_push(
     typer.echo(message)
 
 
+@index_app.command("agreement")
+def index_agreement(
+    artifact: Path = typer.Argument(..., help="A verified artifact folder (pushed first if needed)."),
+    uri: str = typer.Option(..., envvar="HLM_MILVUS_URI", help="Milvus URI."),
+    collection: str = typer.Option("hlm_keywords", envvar="HLM_MILVUS_COLLECTION"),
+    queries: int = typer.Option(500, help="Real dev-split queries, encoded by the artifact's student (fp32)."),
+    ef: list[int] = typer.Option([64], help="HNSW ef, the same for both backends (repeat for several)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here."),
+) -> None:
+    """Milvus' top-10 against exact search and against hnswlib, and its added latency per query."""
+    import json
+
+    from artifact.manifest import verify
+    from benchmarks.index_bench import query_vectors
+    from retrieval.hnsw import HnswIndex
+    from retrieval.milvus import MilvusIndex, measure_agreement, push_artifact, read_artifact_keywords
+
+    manifest = verify(artifact)
+    typer.echo(push_artifact(artifact, uri, collection))
+    idx = manifest["index"]
+    ids, _, vectors = read_artifact_keywords(artifact, manifest)
+    milvus = MilvusIndex(uri, collection, dim=int(idx["dim"]), artifact_sha256=manifest["artifact_sha256"], ef=int(idx["ef"]))
+    milvus.verify()
+    hnsw = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx["ef"]))
+    q, _ = query_vectors(artifact, "student", queries, None)
+    rows = measure_agreement(milvus, hnsw, ids, vectors, q, efs=ef)
+    typer.echo("| ef | queries | recall@10 Milvus | recall@10 hnswlib | overlap@10 Milvus/hnswlib | ms/query Milvus | ms/query hnswlib | added ms |")
+    typer.echo("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        typer.echo(f"| {r['ef']} | {r['queries']} | {r['recall_milvus']:.3f} | {r['recall_hnswlib']:.3f} | "
+                   f"{r['overlap_milvus_hnswlib']:.3f} | {r['ms_per_query_milvus']:.2f} | {r['ms_per_query_hnswlib']:.3f} | "
+                   f"{r['added_ms_per_query']:.2f} |")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"artifact": str(artifact), "uri": uri, "rows": rows}, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     app()

@@ -441,3 +441,40 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
             client.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+# ---- agreement with exact search and with the hnswlib backend (`hlm index agreement`) ----
+
+def measure_agreement(milvus: "MilvusIndex", hnsw: Any, ids: Sequence[str], keyword_vectors: np.ndarray,
+                      queries: np.ndarray, *, k: int = 10, efs: Sequence[int] = (64,), latency_queries: int = 200,
+                      rounds: int = 3) -> list[dict]:
+    """Per ef: Milvus' recall@k against exact search, its overlap@k with hnswlib's top-k (same
+    vectors, same ef), and the median time per query of each, batch 1 (the service's student
+    path), the best of ``rounds`` passes over the first ``latency_queries`` queries."""
+    from retrieval.exact import exact_top_k, recall_at_k
+
+    truth = [[ids[label] for label in row] for row in exact_top_k(keyword_vectors, queries, k).tolist()]
+    timed = queries[:latency_queries]
+    out = []
+    for ef in efs:
+        params = SearchParams(k=k, ef=ef)
+        found_m = [[h.id for h in row] for row in milvus.search(queries, params)]
+        found_h = [[h.id for h in row] for row in hnsw.search(queries, params)]
+        overlap = sum(len(set(a) & set(b)) for a, b in zip(found_m, found_h)) / max(1, sum(len(b) for b in found_h))
+        per_query = {}
+        for name, index in (("milvus", milvus), ("hnswlib", hnsw)):
+            best = []
+            for _ in range(rounds):
+                times = []
+                for q in timed:
+                    t0 = time.perf_counter()
+                    index.search(q[None], params)
+                    times.append(time.perf_counter() - t0)
+                best.append(float(np.median(times)))
+            per_query[name] = min(best) * 1000.0
+        out.append({"ef": ef, "k": k, "queries": len(queries),
+                    "recall_milvus": recall_at_k(found_m, truth), "recall_hnswlib": recall_at_k(found_h, truth),
+                    "overlap_milvus_hnswlib": overlap,
+                    "ms_per_query_milvus": per_query["milvus"], "ms_per_query_hnswlib": per_query["hnswlib"],
+                    "added_ms_per_query": per_query["milvus"] - per_query["hnswlib"]})
+    return out
