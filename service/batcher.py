@@ -69,6 +69,7 @@ class Ticket:
 
     client: str = ""
     queue_s: Optional[float] = None  # set by the worker when the job's first part starts
+    batch_s: float = 0.0  # time of the batches its parts rode in (set by the worker)
     batcher: Optional["Batcher"] = None  # the batcher the job went to (for observe_service)
 
 
@@ -83,6 +84,7 @@ class Job:
     client: str = ""
     ticket: Optional[Ticket] = None
     parts_left: int = 0
+    deadline: float = float("inf")  # when it should be done (admission's promise); batches keep it
     results: list = field(default_factory=list)
     failed: Optional[BaseException] = None
 
@@ -198,7 +200,9 @@ class Batcher:
         return self.cost_per_unit * QUERY_TOKENS
 
     def budget_s(self) -> float:
-        """How long a job may wait: fixed, or the SLO minus the measured service time."""
+        """How long a job may wait: fixed; or, derived, the SLO minus the measured time a
+        request spends in the server outside the queue and its batches (parsing, the event
+        loop, the response): then the job's own cost counts against it too."""
         if self.fixed_budget_s is not None:
             return self.fixed_budget_s
         if not self.slo_s:
@@ -206,7 +210,8 @@ class Batcher:
         return max(0.0, self.slo_s - (self._service_mean + 3.0 * self._service_dev))
 
     def observe_service(self, seconds: float) -> None:
-        """A served request's time in the server outside the queue (the edge reports it)."""
+        """A served request's time in the server outside the queue and its batches (the
+        edge reports it: HTTP parsing, validation, hand-overs, the response, loop lag)."""
         if self._service_mean == 0.0:
             self._service_mean = seconds
             return
@@ -300,6 +305,8 @@ class Batcher:
                 if self.fixed_budget_s != 0 and (self.fixed_budget_s is not None or self.slo_s):
                     # An idle encoder refuses nobody, so one request always runs.
                     wait, own = self._wait(client, self.clock(), units)
+                    if self.fixed_budget_s is None:  # derived: the job's own run counts too
+                        budget = max(0.0, budget - cost)
                     if wait > budget:
                         reason, limit = ("client_share" if own > budget else "budget"), budget
         if reason is None:
@@ -336,7 +343,10 @@ class Batcher:
             refusal = self._refusal(job.client, counts, count)
             if refusal is not None:
                 raise refusal
-            job.enqueued = self.clock()
+            job.enqueued = now = self.clock()
+            if self.fixed_budget_s or (self.fixed_budget_s is None and self.slo_s):
+                cost = self.cost_units(counts) * self.cost_per_unit
+                job.deadline = now + (self.budget_s() if self.fixed_budget_s is None else self.fixed_budget_s + cost)
             parts = self._parts(job, counts)
             job.parts_left = len(parts)
             job.results = [None] * len(parts)
@@ -382,6 +392,8 @@ class Batcher:
                 self._cond.wait()
             batch = [self._pop()]
             size, longest = batch[0].size, batch[0].longest
+            units, due = batch[0].units, batch[0].job.deadline
+            start = self.clock()
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_batch:
                 if self._heap:
@@ -389,6 +401,12 @@ class Batcher:
                     if size + nxt.size > self.max_batch or (
                             self.max_batch_tokens and (size + nxt.size) * max(longest, nxt.longest) > self.max_batch_tokens):
                         break
+                    # Every job of a batch waits for the whole batch: a later job joins only if
+                    # the batch still ends by the earliest deadline in it (else it goes next).
+                    if start + (units + nxt.units) * self.cost_per_unit > min(due, nxt.job.deadline):
+                        break
+                    units += nxt.units
+                    due = min(due, nxt.job.deadline)
                     part = self._pop()
                     batch.append(part)
                     size += part.size
@@ -448,7 +466,11 @@ class Batcher:
             except BaseException as exc:  # resolve every waiter, never kill the worker
                 log.error("the %s batch of %d jobs failed", self.name, len(live), exc_info=exc)
                 results, error = None, exc
-            cost = (time.perf_counter() - t0) / max(1, units)
+            took = time.perf_counter() - t0
+            cost = took / max(1, units)
+            for part in live:
+                if part.job.ticket is not None:
+                    part.job.ticket.batch_s += took
             with self._cond:
                 self._busy_until, self._running_clients = 0.0, frozenset()
                 self.cost_per_unit = cost if not self.cost_per_unit else 0.8 * self.cost_per_unit + 0.2 * cost

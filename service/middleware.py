@@ -70,6 +70,7 @@ class EdgeMiddleware:
         self.histogram = metrics.request_duration
         self._children: dict[tuple[str, str, str], object] = {}
         self._settings = settings  # None: the runtime's (the app factory passes none)
+        self._refused: dict[str, float] = {}  # client -> when it was last refused (for the hold)
 
     def _setting(self, name: str, default):
         settings = self._settings
@@ -154,9 +155,8 @@ class EdgeMiddleware:
                 problem = self._refusal(scope, body, client)
             if problem is not None:
                 if problem.status != 499:  # 499: the client left; nobody to answer
-                    hold = self._setting("refusal_hold_ms", 0.0)
-                    if hold and problem.status in (413, 429):
-                        await asyncio.sleep(hold / 1000.0)
+                    if problem.status in (413, 429):
+                        await self._hold(client, problem)
                     await _send_error(tracking_send, problem.status, problem.code, problem.message, problem.headers)
                 self._observe(scope, problem.status, time.perf_counter() - start)
                 return
@@ -178,7 +178,27 @@ class EdgeMiddleware:
             elapsed = time.perf_counter() - start
             self._observe(scope, status, elapsed)
             if status == 200 and ticket.batcher is not None and ticket.queue_s is not None:
-                ticket.batcher.observe_service(max(0.0, elapsed - ticket.queue_s))
+                ticket.batcher.observe_service(max(0.0, elapsed - ticket.queue_s - ticket.batch_s))
+
+    async def _hold(self, client: str, problem: ServiceError) -> None:
+        """Hold a refusal to a client that was refused within its last Retry-After.
+
+        A client that honours Retry-After gets its refusals at once; one that retries at once
+        (a closed loop: each connection sends again the moment it is answered) would make
+        the event loop carry refusals back to back and take the core from the encoder
+        (issue #14: 4 connections, 94% refused, half the served rate); its refusals wait
+        HLM_REFUSAL_HOLD_MS on a timer, which costs no CPU."""
+        hold = self._setting("refusal_hold_ms", 0.0)
+        if not hold:
+            return
+        now = time.monotonic()
+        seen = self._refused.get(client)
+        if len(self._refused) > 10_000:  # bounded memory: forget everyone at once (rare)
+            self._refused.clear()
+        self._refused[client] = now
+        window = float(problem.headers.get("Retry-After", 1)) if problem.headers else 1.0
+        if seen is not None and now - seen < window:
+            await asyncio.sleep(hold / 1000.0)
 
     def _head_problem(self, scope, announced: int, ctype, encoding, chunked: bool, limit: int):
         """(status, code, sentence) for a request refused on its head alone, else None."""
