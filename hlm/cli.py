@@ -282,5 +282,30 @@ def index_agreement(
         out.write_text(json.dumps({"artifact": str(artifact), "uri": uri, "rows": rows}, indent=2) + "\n")
 
 
+
+@app.command()
+def compact(
+    artifact: Path = typer.Option(Path("artifacts/demo"), envvar="HLM_ARTIFACT_DIR", help="The artifact the changes apply to."),
+    state_dir: Path = typer.Option(..., envvar="HLM_STATE_DIR", help="The service's live keyword state folder."),
+    out: Path = typer.Option(..., help="The new artifact folder (written whole, then renamed into place)."),
+    threads: int = typer.Option(2, help="CPU threads for the graph build (and re-encoding, if the teacher differs)."),
+):
+    """Fold the live keyword changes (snapshot + log) into a new artifact with a rebuilt hnsw graph.
+
+    Safe while the service runs. Serve the result with a reload; the state folder stays valid
+    (its changes replay onto the new artifact as no-ops)."""
+    import json
+
+    from artifact.manifest import ArtifactError
+    from service.live.compact import compact as fold
+
+    try:
+        result = fold(artifact, state_dir, out, threads=threads)
+    except (ArtifactError, OSError, ValueError) as exc:
+        typer.echo(f"hlm compact: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(result, indent=2))
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,95 @@
+"""``hlm compact``: fold the live keyword changes into a new artifact folder.
+
+Reads the state folder without taking it (the service may be running and holding it): the
+latest snapshot, then the log's whole records after it; a record being written right now
+reads as a torn tail and is left for the next compaction (replaying the state onto the new
+artifact is idempotent, so nothing is lost either way). The new artifact has the artifact's
+keywords minus the deleted and replaced ones, plus the live upserts, a fresh hnsw graph
+(``retrieval.hnsw.build_hnsw``), the attributes of every keyword (``index/attributes.jsonl``)
+and its own manifest, written by ``artifact.manifest.staged_folder`` (all or nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artifact.manifest import MANIFEST_NAME, staged_folder, verify, write_manifest
+from artifact.store import write_store
+from retrieval.hnsw import HnswIndex, build_hnsw, write_attributes
+from retrieval.onnx_encoder import OnnxEncoder
+from service.live.keywords import encode_texts
+from service.live.liveset import LiveSet
+from service.live.snapshot import latest_snapshot, read_snapshot
+from service.live.wal import Change, read_records
+
+ATTRIBUTES_PATH = "index/attributes.jsonl"
+
+
+def read_state(state_dir: Path) -> LiveSet:
+    """The live set as the state folder holds it now (read-only; no lock taken)."""
+    snap = latest_snapshot(state_dir)
+    live = read_snapshot(snap) if snap else LiveSet()
+    log_path = state_dir / "wal.log"
+    payloads = read_records(log_path.read_bytes())[0] if log_path.exists() else []
+    pending = [c for c in (Change.decode(p) for p in payloads) if c.sequence > live.sequence]
+    if pending and live.teacher is None:
+        live.teacher = pending[0].teacher
+    for change in pending:
+        if change.teacher != live.teacher:  # a swap to another teacher between snapshot and log
+            raise ValueError("the state folder mixes two teachers' vectors; let the service take a snapshot first")
+        live.apply(change)
+    return live
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src.resolve(), dst)  # same file system: no copy of the models
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def compact(artifact: Path, state_dir: Path, out: Path, threads: int = 2) -> dict[str, Any]:
+    manifest = verify(artifact)
+    idx = manifest["index"]
+    teacher = manifest["encoders"]["teacher"]
+    teacher_sha = manifest["files"][teacher["onnx"]]["sha256"]
+    live = read_state(Path(state_dir))
+    index = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
+                      attributes_path=artifact / idx["attributes"] if idx.get("attributes") else None)
+    rows = [(kid, text, attrs) for kid, text, attrs in index.keywords()
+            if kid not in live.deletes and kid not in live.upserts]
+    base = index.vectors_of([kid for kid, _, _ in rows])
+    new_ids = list(live.upserts)
+    if new_ids and live.teacher != teacher_sha:  # the state came from another teacher: this one's space
+        encoder = OnnxEncoder(artifact / teacher["onnx"], artifact / teacher["tokenizer"],
+                              int(teacher.get("max_length") or 128), threads=threads)
+        new = encode_texts(encoder, [live.upserts[k].text for k in new_ids])
+    else:
+        new = np.stack([live.upserts[k].vector for k in new_ids]) if new_ids else np.zeros((0, base.shape[1]), np.float32)
+    vectors = np.vstack([base, new]).astype(np.float32)
+    ids = [r[0] for r in rows] + new_ids
+    texts = [r[1] for r in rows] + [live.upserts[k].text for k in new_ids]
+    attributes = [r[2] for r in rows] + [live.upserts[k].attributes for k in new_ids]
+
+    with staged_folder(out) as tmp:
+        index_files = {idx["path"], idx["store"], idx.get("attributes"), MANIFEST_NAME}
+        for rel in manifest["files"]:
+            if rel not in index_files:
+                _place(artifact / rel, tmp / rel)
+        (tmp / idx["path"]).parent.mkdir(parents=True, exist_ok=True)
+        write_store(tmp / idx["store"], ids, texts)
+        write_attributes(tmp / ATTRIBUTES_PATH, attributes)
+        build_hnsw(vectors, tmp / idx["path"], int(idx["M"]), int(idx["ef_construction"]), threads=threads)
+        new_manifest = {key: value for key, value in manifest.items() if key not in ("files", "artifact_sha256")}
+        new_manifest["index"] = dict(idx, count=len(ids), attributes=ATTRIBUTES_PATH)
+        new_manifest["live"] = {"folded_sequence": live.sequence, "from_artifact_sha256": manifest["artifact_sha256"],
+                                "upserts": len(new_ids), "deletes": len(live.deletes), "state_dir": str(state_dir)}
+        written = write_manifest(tmp, new_manifest)
+    return {"artifact_sha256": written["artifact_sha256"], "keywords": len(ids), "upserts": len(new_ids),
+            "deletes": len(live.deletes), "sequence": live.sequence, "out": str(out)}
