@@ -169,6 +169,9 @@ def test_milvus_values_for_the_helm_chart():
         assert isinstance(part["replicas"], int) and part["replicas"] >= 1
         requests = part["resources"]["requests"]
         assert _bytes(requests["memory"]) > 0 and float(str(requests["cpu"])) > 0
+    # the Milvus config the chart merges into milvus.yaml must itself be YAML
+    user = yaml.safe_load(values["extraConfigFiles"]["user.yaml"])
+    assert user["dataCoord"]["segment"]["maxSize"] >= 1024
     # the service's URI points at this release's Service
     uri = one("ConfigMap")["data"]["HLM_MILVUS_URI"]
     assert uri.endswith(f":{values['service']['port']}") and "milvus.milvus.svc" in uri
