@@ -80,6 +80,7 @@ class HnswIndex:
         self._id: dict[int, str] = dict(enumerate(ids))
         self._text: dict[int, str] = dict(enumerate(texts))
         self._attrs: dict[int, dict] = dict(enumerate(attrs))
+        self._vec: dict[int, np.ndarray] = {}  # vectors of live upserts (reading the graph's back is slow)
         self._label: dict[str, int] = {kid: i for i, kid in enumerate(ids)}
         self._postings: dict[str, dict[tuple, set[int]]] = {}
         for label, attributes in self._attrs.items():
@@ -106,6 +107,7 @@ class HnswIndex:
             self._postings.setdefault(name, {}).setdefault(value_key(value), set()).add(label)
 
     def _forget(self, label: int) -> None:
+        self._vec.pop(label, None)
         for name, value in self._attrs.pop(label, {}).items():
             self._postings[name][value_key(value)].discard(label)
         del self._label[self._id.pop(label)]
@@ -130,9 +132,14 @@ class HnswIndex:
             return self._items(labels)
 
     def _items(self, labels: Sequence[int]) -> np.ndarray:
-        if not labels:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self.graph.get_items(list(labels), return_type="numpy"), dtype=np.float32)
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        read = [i for i, label in enumerate(labels) if label not in self._vec]
+        for i, label in enumerate(labels):
+            if label in self._vec:
+                out[i] = self._vec[label]
+        if read:  # hnswlib's get_items costs ~0.1 ms a vector: only for the artifact's own rows
+            out[read] = np.asarray(self.graph.get_items([int(labels[i]) for i in read], return_type="numpy"))
+        return out
 
     def verify(self) -> None:
         """Stored vectors are L2-normalised: norms away from 1 mean the graph was read with
@@ -200,19 +207,31 @@ class HnswIndex:
         k = min(k, len(self._id) if allowed is None else len(allowed))
         if k <= 0:
             return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-        if allowed is None or len(allowed) > EXACT_FILTER_MAX:
-            if allowed is not None:
-                keep = allowed.__contains__
-            elif hidden is not None:
-                keep = hidden.__gt__  # label < hidden: committed
-            else:
-                keep = None
+        if allowed is not None:
+            keep = allowed.__contains__
+        elif hidden is not None:
+            keep = hidden.__gt__  # label < hidden: committed
+        else:
+            keep = None
+        if allowed is None or len(allowed) > EXACT_FILTER_MAX or len(allowed - self._vec.keys()) > EXACT_READS_MAX:
             try:
                 labels, distances = self.graph.knn_query(vectors, k=k, filter=keep)
                 return labels, 1.0 - distances
             except RuntimeError:  # the walk found fewer than k (a graph cut by deletes): exact below
                 pass
-        return _exact(self, vectors, sorted(self._id if allowed is None else allowed), k)
+        pool = self._id.keys() if allowed is None else allowed
+        if len(pool - self._vec.keys()) > EXACT_FALLBACK_READS_MAX:
+            # Exact search would read too many vectors back from the graph: the best the walk
+            # finds, fewer than k (hnswlib only raises when it finds fewer than asked).
+            while k > 1:
+                k //= 2
+                try:
+                    labels, distances = self.graph.knn_query(vectors, k=k, filter=keep)
+                    return labels, 1.0 - distances
+                except RuntimeError:
+                    continue
+            return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+        return _exact(self, vectors, sorted(pool), k)
 
     def allowed(self, flt: dict) -> set[int]:
         """Labels whose attributes match ``flt`` (equality; a list is "any of"; missing: no match)."""
@@ -292,9 +311,10 @@ class HnswIndex:
                     self.graph.mark_deleted(old)
                     self._forget(old)
                     deleted += kid in delete_ids
-                for kid, label, text, attrs in zip(ids, range(self._next_label - len(ids), self._next_label),
-                                                   texts, attributes):
+                for kid, label, text, attrs, row in zip(ids, range(self._next_label - len(ids), self._next_label),
+                                                        texts, attributes, vectors if vectors is not None else ()):
                     self._id[label], self._text[label], self._attrs[label] = kid, text, dict(attrs)
+                    self._vec[label] = row
                     self._label[kid] = label
                     self._post(label, attrs)
                 self._hidden_from = None
@@ -316,8 +336,12 @@ class HnswIndex:
 
 
 # Filtered searches allowing at most this many keywords are answered by exact search over
-# their vectors (a few ms at most), larger ones by the graph walk with hnswlib's filter.
+# their vectors (a few ms at most), larger ones by the graph walk with hnswlib's filter; so are
+# those needing more than EXACT_READS_MAX vectors read back from the graph (get_items: ~0.1 ms
+# each; live keywords' vectors are kept beside the graph).
 EXACT_FILTER_MAX = 2048
+EXACT_READS_MAX = 64
+EXACT_FALLBACK_READS_MAX = 20_000  # ~2 s of get_items: past it a short answer beats a stall
 
 
 def _exact(index: HnswIndex, vectors: np.ndarray, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -234,6 +234,7 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
         self.metrics.index_size.set(len(self.index))
+        self.metrics.keywords_live.set(len(self.index))
         if self.live is not None:  # the ingest thread (once per process: a reload carries it over)
             self.live.start(loop)
         for name, slot in self.slots.items():
