@@ -33,6 +33,8 @@ def fake_service(serial: bool = False, **delays: float) -> Iterator[str]:
         yield url
 
 
+# Why a fake service here: these tests measure the load generator and its maths, which
+# needs a server of known speed; the real `hlm serve` is loaded by test_promcheck.py.
 @pytest.fixture
 def slow_serial_service() -> Iterator[str]:
     """One worker, 100 ms per request: a saturated server whose queueing we can predict."""

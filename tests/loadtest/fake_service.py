@@ -23,11 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-# Same as service/metrics.py: from 0.25 ms to 1 s.
-LATENCY_BUCKETS = (
-    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-    0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
-)
+# The service's own buckets (imported, not copied: a change there reaches the harness tests).
+from service.metrics import LATENCY_BUCKETS  # noqa: E402
 
 
 def create_app(delays: dict[str, float], serial: bool = False) -> Starlette:
