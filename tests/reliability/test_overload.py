@@ -1,10 +1,12 @@
 """Overload (quick version): the teacher, which saturates at a few tens of requests/s here,
 offered several times what it sustains for a few seconds, open loop.
 
-The process stays up; accepted requests keep a bounded latency (HLM_MAX_QUEUE_WAIT_MS plus
-one batch); the rest are refused at once with 429 and Retry-After; memory stays put; and
-service is normal as soon as the load stops. The recorded figures (loadtest harness,
-longer runs) are in docs/RELIABILITY.md.
+The process stays up; every request is either answered 200 with a correct body or refused
+with 429 and an integer Retry-After; the server counts exactly the refusals the client saw
+(by reason); nothing is left queued afterwards and service is normal. Nothing here is a
+stopwatch: latencies and rates are printed for the record (docs/RELIABILITY.md has the
+figures and the benchmark commands), and the only rate used, the sustainable one, is
+measured first so that the offered load is an overload on any machine.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def teacher_latency(client: httpx.Client, n: int = 7) -> float:
     return statistics.median(times)
 
 
-async def open_loop(url: str, rate: float, duration: float) -> list[tuple[float, object, float, str | None]]:
-    """(sent offset, status, latency s, Retry-After) per request, sent on a fixed schedule (aiohttp, as loadtest/)."""
+async def open_loop(url: str, rate: float, duration: float) -> list[tuple[float, object, float, str | None, object]]:
+    """(sent offset, status, latency s, Retry-After, (query sent, JSON body)) per request, sent
+    on a fixed schedule (aiohttp, as loadtest/)."""
     import aiohttp
 
     out = []
@@ -47,11 +50,12 @@ async def open_loop(url: str, rate: float, duration: float) -> list[tuple[float,
         async def one(i, offset):
             t0 = time.perf_counter()
             try:
-                async with session.post("/v1/search", json={"query": QUERIES[i % len(QUERIES)], "encoder": "teacher"}) as r:
-                    await r.read()
-                    out.append((offset, r.status, time.perf_counter() - t0, r.headers.get("Retry-After")))
+                query = QUERIES[i % len(QUERIES)]
+                async with session.post("/v1/search", json={"query": query, "encoder": "teacher"}) as r:
+                    body = await r.json(content_type=None)
+                    out.append((offset, r.status, time.perf_counter() - t0, r.headers.get("Retry-After"), (query, body)))
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                out.append((offset, type(exc).__name__, time.perf_counter() - t0, None))
+                out.append((offset, type(exc).__name__, time.perf_counter() - t0, None, None))
 
         start = time.perf_counter()
         tasks, n = [], int(rate * duration)
@@ -143,28 +147,29 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
           f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")
 
     assert rserver.proc.poll() is None
-    assert not other, other[:5]
-    # An open loop keeps the queue fuller than the 4 closed-loop clients did, so the server
-    # serves somewhat more here than the measured rate; twice what it serves is still overload.
-    assert rate / served_rate >= 2.0, "the test did not overload the teacher"
-    assert len(refused) >= len(results) // 3
-    assert all(r[3] == "1" for r in refused)  # Retry-After on every refusal
-    # Accepted requests, by the server's histogram (what the SLO alert reads): the queue-wait
-    # bound plus about one batch, not seconds of backlog. Refusals: at once.
-    assert server_ok <= 1.0, server_ok
-    assert server_refused <= 0.03, server_refused
-    # Seen from the client on the same 2 busy cores, with its own scheduling delays.
-    assert p99_ok < 2.0 and p99_refused < 1.0, (p99_ok, p99_refused)
-    assert rss_after - rss_before < 150, (rss_before, rss_after)
-    counted = sum(value(after, "hlm_rejected_total", encoder="teacher", reason=reason)
-                  - value(before, "hlm_rejected_total", encoder="teacher", reason=reason)
-                  for reason in ("queue_full",))
-    assert counted == sum(r[1] == 429 for r in refused)
+    assert not other, other[:5]  # no 5xx, no transport error: each request answered or refused
+    assert refused, "nothing was refused at three times the measured sustainable rate"
+    for _, _, _, retry_after, (_, body) in refused:
+        assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, retry_after
+        assert set(body) == {"error"} and body["error"]["code"] in ("budget", "client_share", "queue_full")
+    for _, _, _, _, (query, body) in ok:  # what was accepted was answered in full and correctly
+        (result,) = body["results"]
+        assert body["encoder"] == "teacher" and result["query"] == query and len(result["keywords"]) == 10
+    # The server counted exactly the refusals the client saw, under the reasons it gave.
+    counted = {reason: value(after, "hlm_rejected_total", encoder="teacher", reason=reason)
+               - value(before, "hlm_rejected_total", encoder="teacher", reason=reason)
+               for reason in ("budget", "client_share", "queue_full")}
+    given = {reason: sum(r[4][1]["error"]["code"] == reason for r in refused) for reason in counted}
+    assert counted == given, (counted, given)
+    assert value(after, "hlm_request_duration_seconds_count", route="/v1/search", encoder="teacher", status="429") \
+        - value(before, "hlm_request_duration_seconds_count", route="/v1/search", encoder="teacher", status="429") \
+        == len(refused)
 
-    # Load gone: back to normal at once.
-    deadline = time.monotonic() + 5
+    # Load gone: the queue drains to empty and a request of each encoder is answered.
+    deadline = time.monotonic() + 30
     while value(metrics(rserver), "hlm_queue_depth", encoder="teacher") and time.monotonic() < deadline:
         time.sleep(0.05)
-    again = teacher_latency(client, 5)
-    assert again < 3 * single + 0.05, (single, again)
+    assert value(metrics(rserver), "hlm_queue_depth", encoder="teacher") == 0
+    assert client.post("/v1/search", json={"query": "drill", "encoder": "teacher"}).status_code == 200
     assert client.post("/v1/search", json={"query": "drill"}).status_code == 200
+    assert rserver.proc.poll() is None

@@ -69,8 +69,9 @@ def test_every_route_keeps_its_schema_on_generated_input(rserver, operations, mo
         try:
             calls += fuzz(rserver, op, mode, token=not reload)
         except Unsatisfiable:
-            # Nothing in a route without parameters or body can be made invalid.
-            assert mode is GenerationMode.NEGATIVE and op.method.upper() == "GET" or reload, op.label
+            # Nothing in a route without parameters or a documented body can be made invalid.
+            assert mode is GenerationMode.NEGATIVE and (op.method.upper() == "GET" or not len(op.body)) or reload, \
+                op.label
     assert calls >= 150  # routes without parameters yield one case each (none when invalid)
     assert rserver.client.get("/readyz").status_code == 200
     assert "Traceback" not in rserver.log()
@@ -78,8 +79,32 @@ def test_every_route_keeps_its_schema_on_generated_input(rserver, operations, mo
 
 def test_without_the_token_guarded_routes_answer_401(rserver, operations):
     guarded = [op for op in operations if op.path in ("/metrics", "/v1/info") or op.path.startswith("/admin/")]
-    assert len(guarded) == 4
+    assert len(guarded) >= 4
     for op in guarded:
         fuzz(rserver, op, GenerationMode.POSITIVE, token=False)  # conforms to the documented 401
         response = httpx.request(op.method.upper(), f"{rserver.url}{op.path}")
         assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("label", ["POST /v1/search", "POST /v1/embed"])
+def test_the_schema_says_exactly_one_of_query_or_queries_and_empty_bodies_are_a_documented_422(
+        rserver, operations, label):
+    op = next(op for op in operations if op.label == label)
+    spec = rserver.client.get("/openapi.json").json()
+    model = spec["paths"][op.path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in model:
+        model = spec["components"]["schemas"][model["$ref"].rsplit("/", 1)[-1]]
+    assert [sorted(alt["required"]) for alt in model["oneOf"]] == [["query"], ["queries"]]
+    for body in ({}, {"query": "drill", "queries": ["paint"]}, {"query": None}):
+        case = op.Case(body=body, media_type="application/json")
+        response = case.call_and_validate(base_url=rserver.url, checks=CHECKS,
+                                          headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 422, (body, response.text)
+        assert "exactly one of" in response.json()["error"]["message"]
+
+
+def test_an_integral_float_is_an_integer_as_json_schema_says(rserver):
+    response = rserver.client.post("/v1/search", json={"query": "drill", "k": 2.0, "ef": 16.0})
+    assert response.status_code == 200 and response.json()["k"] == 2
+    refused = rserver.client.post("/v1/search", json={"query": "drill", "k": 2.5})
+    assert refused.status_code == 422
