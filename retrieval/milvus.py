@@ -57,9 +57,10 @@ MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTES = 64  # per keyword: the array field's capacity
 KEY_MAX = 1024  # bytes of one typed key (name + value)
 _INT64 = 2**63
-# pymilvus' error decorator logs every failed RPC with its traceback; while Milvus is down
-# that is one traceback per query. This module logs one line per change of health instead.
-logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+# pymilvus logs every failed RPC, and every failed reconnection, with its traceback: while
+# Milvus is down that is two tracebacks per query. This module logs one line per change of
+# health instead. (Set after pymilvus is imported: its logging.config call resets children.)
+_QUIET = {"pymilvus.decorators": logging.CRITICAL, "pymilvus.client.connection_manager": logging.ERROR}
 
 
 RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
@@ -77,6 +78,8 @@ def _milvus():
     except ImportError:  # the serving image without the extra
         raise MilvusUnreachable("HLM_INDEX_BACKEND=milvus needs pymilvus: install the project's "
                                 "'scale' extra (pip install 'hlm-retrieval[scale]').") from None
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(level)
     return pymilvus
 
 
