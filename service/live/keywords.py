@@ -1,9 +1,9 @@
 """The live keyword set: recovery at start-up, the ingest thread, hand-over on an artifact swap.
 
-One thread, the only writer, does every change in order: encode the new texts with the
-artifact's teacher (at lower CPU priority, so the query workers keep the cores), append the
-change to the log and fsync, apply it to the index (one change no search sees half-done),
-then answer. An answer therefore means durable and visible; a change that fails before the
+Every change goes through two threads in order: the encoder thread encodes the new texts
+with the artifact's teacher (at lower CPU priority, so the query workers keep the cores); the
+writer thread, the only writer, appends the change to the log and fsyncs, applies it to the
+index (one change no search sees half-done), then answers. An answer therefore means durable and visible; a change that fails before the
 fsync leaves nothing behind (the log is cut back, the index untouched).
 
 State folder (``HLM_STATE_DIR``)::
@@ -97,7 +97,9 @@ class LiveKeywords:
         self.version = 0  # bumped after every applied change: result caches compare it
         self.target: Optional[Target] = None
         self._jobs: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=queue_size)
+        self._applies: "queue.Queue[Optional[tuple]]" = queue.Queue()  # encoded, bounded by _jobs upstream
         self._thread: Optional[threading.Thread] = None
+        self._encoder_thread: Optional[threading.Thread] = None
         log.info("live keywords: %s: snapshot at sequence %d (%d upserts, %d deletes), %d changes to replay",
                  self.dir, self.live.sequence, len(self.live.upserts), len(self.live.deletes), len(self._replay))
         if metrics is not None:
@@ -139,8 +141,10 @@ class LiveKeywords:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._thread is None:
             self._loop = loop
-            self._thread = threading.Thread(target=self._work, name="hlm-ingest", daemon=True)
+            self._thread = threading.Thread(target=self._work, name="hlm-ingest-write", daemon=True)
+            self._encoder_thread = threading.Thread(target=self._encode_loop, name="hlm-ingest-encode", daemon=True)
             self._thread.start()
+            self._encoder_thread.start()
 
     # ---- the request side (event loop) ----
 
@@ -173,12 +177,38 @@ class LiveKeywords:
                 future.set_result(result)
         self._loop.call_soon_threadsafe(done)
 
-    # ---- the ingest thread ----
+    # ---- the ingest threads ----
+    #
+    # Two, in a pipeline: the encoder thread (niced) turns texts into teacher vectors, the CPU
+    # work; the writer thread (normal priority) logs, applies and answers, in order. The
+    # writer's steps are short but hold the graph alone (each add) or the log: at lower
+    # priority on a busy machine the scheduler would preempt it *inside* them and every query
+    # would wait on a descheduled thread (priority inversion).
 
-    def _work(self) -> None:
+    def _encode_loop(self) -> None:
         lower_this_threads_priority()
         while True:
             job = self._jobs.get()
+            if job is not None and job[0] == "change":
+                kind, (upsert_ids, texts, attributes, delete_ids), future = job
+                target = self.target
+                try:
+                    t0 = time.perf_counter()
+                    vectors = encode_texts(target.encoder, texts) if texts else None
+                    if texts:
+                        self.metrics.ingest_encode.observe(time.perf_counter() - t0)
+                except BaseException as exc:  # noqa: BLE001 - answered, nothing applied
+                    log.error("live keywords: encoding failed", exc_info=exc)
+                    self._resolve(future, error=exc)
+                    continue
+                job = (kind, (upsert_ids, texts, attributes, delete_ids, vectors, target.teacher), future)
+            self._applies.put(job)  # in order, handovers included
+            if job is None:
+                return
+
+    def _work(self) -> None:
+        while True:
+            job = self._applies.get()
             if job is None:
                 return
             kind, args, future = job
@@ -193,12 +223,10 @@ class LiveKeywords:
             finally:
                 self._gauges()
 
-    def _do_change(self, upsert_ids, texts, attributes, delete_ids) -> dict:
+    def _do_change(self, upsert_ids, texts, attributes, delete_ids, vectors, teacher) -> dict:
         target = self.target
-        t0 = time.perf_counter()
-        vectors = encode_texts(target.encoder, texts) if texts else None
-        if texts:
-            self.metrics.ingest_encode.observe(time.perf_counter() - t0)
+        if texts and teacher != target.teacher:  # encoded just before a swap to another teacher
+            vectors = encode_texts(target.encoder, texts)
         change = Change(self.live.sequence + 1, target.teacher, list(upsert_ids), list(texts), list(attributes),
                         vectors, list(delete_ids))
         try:
@@ -261,7 +289,7 @@ class LiveKeywords:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._jobs.put(None)
+            self._jobs.put(None)  # through the encoder thread to the writer: both end, in order
             self._thread.join(timeout=30)
         self.wal.close()
         self._lock_file.close()
@@ -276,7 +304,7 @@ class LiveKeywords:
         m = self.metrics
         if m is None:
             return
-        m.ingest_queue_depth.set(self._jobs.qsize())
+        m.ingest_queue_depth.set(self._jobs.qsize() + self._applies.qsize())
         m.live_log_bytes.set(self.wal.size)
         if self.target is not None:
             m.keywords_live.set(len(self.target.index))
