@@ -302,6 +302,11 @@ class MilvusIndex:
         )
         return [[Hit(str(h["id"]), h["entity"]["text"], float(h["distance"])) for h in row] for row in result]
 
+    def get(self, keyword_id: str) -> Optional[tuple[str, dict]]:
+        """(text, attributes) of a keyword, None if absent (as ``HnswIndex.get``)."""
+        rows = self._call(self.client.get, self.collection, ids=[str(keyword_id)], output_fields=["text", "attributes"])
+        return (rows[0]["text"], dict(rows[0].get("attributes") or {})) if rows else None
+
     # ---- write side (one writer at a time, as the protocol says) ----
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict]) -> None:

@@ -94,6 +94,9 @@ class ServedIndex:
     def delete(self, ids) -> int:
         return self._guard(self.inner.delete, ids)
 
+    def get(self, keyword_id: str):
+        return self._guard(self.inner.get, keyword_id)
+
 
 @dataclass
 class Query:

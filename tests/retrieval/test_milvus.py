@@ -148,6 +148,7 @@ def test_upsert_and_delete_are_visible_with_attributes(index, query_vectors):
     try:
         index.upsert([e[0] for e in extra], np.stack([q, q]), [e[1] for e in extra], [e[2] for e in extra])
         assert len(index) == 502
+        assert index.get("live:1") == ("live keyword one", extra[0][2]) and index.get("absent:1") is None
         top = index.search(q[None], SearchParams(k=2))[0]
         assert {hit.id for hit in top} == {"live:1", "live:2"}
         one = lambda flt: ids_of(index.search(q[None], SearchParams(k=10, filter=flt)))[0]  # noqa: E731

@@ -73,6 +73,9 @@ def test_serving_through_a_dying_milvus_gives_503_and_recovers(tmp_path, artifac
                 assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "2"
                 assert caught.value.code == "index_unavailable" and "\n" not in caught.value.message
                 assert not runtime.index_ready
+                for call in (lambda: runtime.index.get("hd:100001"), lambda: runtime.index.delete(["hd:100001"]), lambda: len(runtime.index)):
+                    with pytest.raises(NotReady):
+                        await asyncio.to_thread(call)
                 server.start()
                 for _ in range(300):  # bounded: the probe runs every 2 s
                     if runtime.index_ready:
