@@ -17,10 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pymilvus", reason="the Milvus backend needs the 'scale' extra")
-pytest.importorskip("milvus_lite", reason="the Milvus backend needs the 'scale' extra")
-
-from artifact.manifest import read_manifest  # noqa: E402
+from artifact.manifest import read_manifest
 
 
 def free_port() -> int:

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# the Milvus backend and its real engine are the 'scale' extra (part of dev)
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
 from artifact.manifest import read_manifest, write_manifest
 from retrieval.base import IndexUnavailable, SearchParams, VectorIndex
 from retrieval.exact import exact_top_k, recall_at_k

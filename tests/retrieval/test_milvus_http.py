@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# the Milvus backend and its real engine are the 'scale' extra (part of dev)
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
 httpx = pytest.importorskip("httpx")
 
 from retrieval.milvus import push_artifact  # noqa: E402

@@ -13,6 +13,10 @@ import shutil
 
 import pytest
 
+# the Milvus backend and its real engine are the 'scale' extra (part of dev)
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
 from artifact.manifest import ArtifactError
 from retrieval.base import SearchParams
 from retrieval.exact import recall_at_k
