@@ -1,7 +1,7 @@
 """Live keyword ingest: query p99 with and without ingest, and the ingest rate, in one run.
 
 Starts ``hlm serve`` on 127.0.0.1 with a fresh state folder (``HLM_STATE_DIR``), then runs
-two phases of ``--seconds`` each, the same open-loop query load (``--rate`` student queries
+two phases of ``--seconds`` each, alternating ``--rounds`` times, the same open-loop query load (``--rate`` student queries
 a second, k = 10, a pool of the artifact's own keyword texts shuffled) in both:
 
 1. queries alone;
@@ -64,8 +64,16 @@ async def queries(client: httpx.AsyncClient, pool: list[str], rate: float, secon
         tasks.append(asyncio.ensure_future(one(pool[n % len(pool)])))
         n += 1
     await asyncio.gather(*tasks)
-    out.update(sent=n, answered=len(lat), errors=errors, p50_ms=pct(lat, 50), p99_ms=pct(lat, 99),
-               server_p50_ms=pct(server, 50), server_p99_ms=pct(server, 99))
+    out["sent"] = out.get("sent", 0) + n
+    out["errors"] = out.get("errors", 0) + errors
+    out.setdefault("_lat", []).extend(lat)
+    out.setdefault("_server", []).extend(server)
+
+
+def summarise(raw: dict) -> dict:
+    lat, server = raw.pop("_lat"), raw.pop("_server")
+    return raw | {"answered": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                  "server_p50_ms": pct(server, 50), "server_p99_ms": pct(server, 99)}
 
 
 async def ingest(client: httpx.AsyncClient, batch: int, seconds: float, out: dict) -> None:
@@ -86,8 +94,11 @@ async def ingest(client: httpx.AsyncClient, batch: int, seconds: float, out: dic
             errors += 1
         n += 1
     elapsed = time.perf_counter() - start
-    out.update(requests=requests, keywords_acknowledged=acked, errors=errors, seconds=round(elapsed, 2),
-               keywords_per_s=round(acked / elapsed, 1))
+    for key, add in (("requests", requests), ("keywords_acknowledged", acked), ("errors", errors),
+                     ("seconds", elapsed)):
+        out[key] = out.get(key, 0) + add
+    out["keywords_per_s"] = round(out["keywords_acknowledged"] / out["seconds"], 1)
+    out["seconds"] = round(out["seconds"], 2)
 
 
 def histogram_mean(text: str, name: str) -> float | None:
@@ -105,14 +116,15 @@ async def run(url: str, pool: list[str], args) -> dict:
         for text in pool[:20]:  # warm the path
             await client.post("/v1/search", json={"query": text, "k": 10})
         alone: dict = {}
-        await queries(client, pool, args.rate, args.seconds, alone)
         during: dict = {}
         ingested: dict = {}
-        await asyncio.gather(queries(client, pool, args.rate, args.seconds, during),
-                             ingest(client, args.batch, args.seconds, ingested))
+        for _ in range(args.rounds):  # alternating, so drift of a shared machine hits both alike
+            await queries(client, pool, args.rate, args.seconds, alone)
+            await asyncio.gather(queries(client, pool, args.rate, args.seconds, during),
+                                 ingest(client, args.batch, args.seconds, ingested))
         m = (await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
         ingested["encode_ms_per_change"] = histogram_mean(m, "hlm_ingest_encode_seconds")
-    return {"queries_alone": alone, "queries_during_ingest": during, "ingest": ingested}
+    return {"queries_alone": summarise(alone), "queries_during_ingest": summarise(during), "ingest": ingested}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="Length of each phase.")
     parser.add_argument("--rate", type=float, default=50.0, help="Student queries a second (open loop).")
     parser.add_argument("--batch", type=int, default=16, help="Keywords per upsert request.")
+    parser.add_argument("--rounds", type=int, default=2, help="Alternations of the two phases.")
+    parser.add_argument("--niceness", type=int, default=10, help="HLM_INGEST_NICENESS of the server.")
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--out", type=Path, default=None, help="JSON results.")
     args = parser.parse_args(argv)
@@ -129,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     random.Random(1).shuffle(pool)
     with tempfile.TemporaryDirectory(prefix="hlm-ingest-bench-") as state:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HLM_")}
-        env.update(HLM_ADMIN_TOKEN=TOKEN, HLM_STATE_DIR=state, HLM_SHADOW_RATE="0")
+        env.update(HLM_ADMIN_TOKEN=TOKEN, HLM_STATE_DIR=state, HLM_SHADOW_RATE="0",
+                   HLM_INGEST_NICENESS=str(args.niceness))
         server = subprocess.Popen([sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(args.artifact),
                                    "--host", "127.0.0.1", "--port", str(args.port)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             server.terminate()
             server.wait(30)
     result["setup"] = {"artifact": str(args.artifact), "seconds": args.seconds, "rate": args.rate, "batch": args.batch,
+                       "rounds": args.rounds, "niceness": args.niceness, "load_average": os.getloadavg(),
                        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     text = json.dumps(result, indent=2)
     print(text)

@@ -211,7 +211,8 @@ class Runtime:
         try:
             self.live = LiveKeywords(self.settings.state_dir, self.metrics, queue_size=self.settings.ingest_queue_size,
                                      snapshot_every=self.settings.snapshot_every,
-                                     snapshot_bytes=self.settings.snapshot_log_bytes)
+                                     snapshot_bytes=self.settings.snapshot_log_bytes,
+                                     niceness=self.settings.ingest_niceness)
             self.live.attach(self.index, self.slots["teacher"].encoder, self.teacher_sha256)
         except (LiveUnavailable, OSError, ValueError) as exc:
             raise ArtifactError(f"The live keywords in {self.settings.state_dir} cannot be loaded: {exc}") from None

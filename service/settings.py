@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     max_keyword_chars: int = Field(1000, ge=1, description="Longest keyword text in characters (longer: 422).")
     max_attributes: int = Field(16, ge=1, le=256, description="Most attributes per keyword, and per filter.")
     ingest_queue_size: int = Field(64, ge=1, description="Keyword changes waiting for the ingest thread; past it: 429.")
+    ingest_niceness: int = Field(10, ge=0, le=19, description="How much nicer than the process the thread encoding new "
+                                 "keywords runs (Linux: per thread), so queries keep the cores.")
     snapshot_every: int = Field(1000, ge=1, description="Live changes logged between two snapshots (the log is emptied at each).")
     snapshot_log_bytes: int = Field(64 << 20, ge=1024, description="A log this large also triggers a snapshot.")
     result_cache_bytes: int = Field(

@@ -43,10 +43,12 @@ class LiveUnavailable(Exception):
     """The live keyword set cannot take this change now; one sentence."""
 
 
-def lower_this_threads_priority() -> None:
+def lower_this_threads_priority(niceness: int = INGEST_NICENESS) -> None:
+    if not niceness:
+        return
     try:
         me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + INGEST_NICENESS))
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + niceness))
     except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
         pass
 
@@ -76,11 +78,12 @@ class Target:
 
 class LiveKeywords:
     def __init__(self, state_dir: Path, metrics: Any, *, queue_size: int = 64, snapshot_every: int = 1000,
-                 snapshot_bytes: int = 64 << 20):
+                 snapshot_bytes: int = 64 << 20, niceness: int = INGEST_NICENESS):
         self.dir = Path(state_dir)
         self.metrics = metrics
         self.snapshot_every = snapshot_every
         self.snapshot_bytes = snapshot_bytes
+        self.niceness = niceness
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.dir / "LOCK", "a")
         try:
@@ -186,7 +189,7 @@ class LiveKeywords:
     # would wait on a descheduled thread (priority inversion).
 
     def _encode_loop(self) -> None:
-        lower_this_threads_priority()
+        lower_this_threads_priority(self.niceness)
         while True:
             job = self._jobs.get()
             if job is not None and job[0] == "change":
