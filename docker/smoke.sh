@@ -60,7 +60,8 @@ name="hlm-smoke-$$"
 stage=""
 cleanup() {
     "$engine" rm -f "$name" >/dev/null 2>&1 || true
-    [[ -n "$stage" ]] && rm -rf "$stage"
+    # an if, not `[[ ]] && rm`: a false test as the trap's last command would be the exit status
+    if [[ -n "$stage" ]]; then rm -rf "$stage"; fi
 }
 trap cleanup EXIT
 
