@@ -55,7 +55,10 @@ ID_MAX = 512
 TEXT_MAX = 65535  # VARCHAR's ceiling (bytes); max_length costs no storage
 MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTES = 64  # per keyword: the array field's capacity
-KEY_MAX = 1024  # bytes of one typed key (name + value)
+# Bytes of one typed key. The service admits names of 64 characters and string values of 256
+# (service/protocol.py); JSON writes a control character as 6 bytes, others take at most 4:
+# 64 + 6 x 256 + the brackets stay under 2048.
+KEY_MAX = 2048
 _INT64 = 2**63
 # pymilvus logs every failed RPC, and every failed reconnection, with its traceback: while
 # Milvus is down that is two tracebacks per query. This module logs one line per change of

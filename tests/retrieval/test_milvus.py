@@ -176,6 +176,22 @@ def test_upsert_and_delete_are_visible_with_attributes(index, query_vectors):
     assert not {"live:1", "live:2"} & set(ids_of(index.search(q[None], SearchParams(k=10)))[0])
 
 
+def test_the_longest_values_the_service_admits_round_trip(index, query_vectors):
+    """256-character values (the service's bound) of the costliest characters: quotes, backslashes,
+    control characters and 4-byte UTF-8, under a 64-character name."""
+    name = "n" * 64
+    values = ['"\\' * 128, "\x01" * 256, "\U0001F600" * 256]
+    ids = [f"long:{i}" for i in range(len(values))]
+    q = query_vectors[1]
+    try:
+        index.upsert(ids, np.stack([q] * len(values)), ["long"] * len(values), [{name: v} for v in values])
+        for kid, value in zip(ids, values):
+            assert ids_of(index.search(q[None], SearchParams(k=10, filter={name: value})))[0] == [kid]
+        assert sorted(ids_of(index.search(q[None], SearchParams(k=10, filter={name: values})))[0]) == ids
+    finally:
+        index.delete(ids)
+
+
 def test_upsert_refuses_bad_rows(index, query_vectors):
     with pytest.raises(ValueError):
         index.upsert(["x:1"], query_vectors[:1], ["t"], [{"tags": ["a", "b"]}])  # not a scalar
