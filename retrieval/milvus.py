@@ -209,12 +209,13 @@ class MilvusIndex:
         self._health_lock = threading.Lock()
         try:
             exists = self.client.has_collection(collection, timeout=timeout_s)
+            if exists:
+                self._load()
         except self._errors as exc:
             raise MilvusUnreachable(f"Milvus at {uri} does not answer ({_reason(exc)}).") from None
         if not exists:
             raise ValueError(f"Milvus at {uri} has no collection {collection!r}; "
                              f"run `hlm index push ARTIFACT --uri {uri} --collection {collection}` first")
-        self._load()
 
     # ---- health ----
 

@@ -52,6 +52,21 @@ def test_a_collection_from_another_artifact_stops_start_up(tmp_path, artifact, m
         runtime.load(encoders=("student",))
 
 
+def test_a_collection_with_live_changes_since_its_push_still_loads(tmp_path, artifact, manifest, keywords):
+    """Upserts and deletes made through the service are durable in Milvus: its size is not the manifest's."""
+    from retrieval.milvus import MilvusIndex
+
+    uri = str(tmp_path / "kw.db")
+    push_artifact(artifact, uri, "kw")
+    pushed = MilvusIndex(uri, "kw", dim=768, artifact_sha256=manifest["artifact_sha256"])
+    pushed.upsert(["live:1"], keywords[2][:1], ["live one"], [{"source": "live"}])
+    assert pushed.delete(keywords[0][1:3]) == 2
+    runtime = runtime_for(artifact, manifest, milvus_uri=uri, milvus_collection="kw")
+    runtime.load(encoders=("student",))
+    assert len(runtime.index) == 499
+    assert runtime.index.get("live:1") == ("live one", {"source": "live"})
+
+
 @pytest.mark.slow
 def test_serving_through_a_dying_milvus_gives_503_and_recovers(tmp_path, artifact, manifest):
     server = LiteServer(tmp_path / "data", free_port()).start()
