@@ -77,25 +77,34 @@ def test_hlm_serve_end_to_end(small_artifact, tmp_path):
                 pass
             time.sleep(0.2)
 
+        top = {}
         for encoder in ("student", "teacher"):
             r = client.post("/v1/search", json={"query": "cordless drill", "k": 5, "encoder": encoder})
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["encoder"] == encoder and len(body["results"][0]["keywords"]) == 5
             assert body["timings"]["total_ms"] >= body["timings"]["encode_ms"] > 0
+            top[encoder] = [h["id"] for h in body["results"][0]["keywords"]]
         assert client.post("/v1/search", json={"query": "drill", "k": 0}).status_code == 422
         info = client.get("/v1/info").json()
         assert info["status"] == "ready" and info["index"]["count"] == 500
 
-        # Give the shadow job a moment to land, then read the metrics as Prometheus would.
-        time.sleep(1.0)
-        r = client.get("/metrics")
+        # The student search queued one shadow job on the idle teacher: wait until it has
+        # landed (counted, not slept on), then read the metrics as Prometheus would.
+        deadline = time.monotonic() + 60
+        while True:
+            r = client.get("/metrics")
+            families = {f.name: f for f in text_string_to_metric_families(r.text)}
+            if any(s.name == "hlm_shadow_overlap_count" and s.value >= 1 for s in families["hlm_shadow_overlap"].samples):
+                break
+            assert time.monotonic() < deadline, "the shadow job never landed:\n" + r.text
+            time.sleep(0.1)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-        families = {f.name: f for f in text_string_to_metric_families(r.text)}
         for name, (kind, labels) in CONTRACT.items():
             assert name in families, f"{name} missing from /metrics"
             family = families[name]
             assert family.type == kind, (name, family.type)
+            assert family.samples, f"{name} has no samples: its labels are unchecked"
             for sample in family.samples:
                 assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
         requests = {(s.labels["route"], s.labels["encoder"], s.labels["status"]): s.value
@@ -103,8 +112,12 @@ def test_hlm_serve_end_to_end(small_artifact, tmp_path):
         assert requests[("/v1/search", "student", "200")] == 1
         assert requests[("/v1/search", "teacher", "200")] == 1
         assert requests[("/v1/search", "none", "422")] == 1
-        shadow = [s.value for s in families["hlm_shadow_overlap"].samples if s.name.endswith("_count")]
-        assert shadow == [1.0]
+        shadow = {s.name: s.value for s in families["hlm_shadow_overlap"].samples if not s.name.endswith("_bucket")}
+        assert shadow["hlm_shadow_overlap_count"] == 1.0
+        # Its value: the overlap@5 of the student's answer with the teacher's for the same query
+        # (the teacher's own search above), up to one near-tie keyword.
+        overlap = len(set(top["student"]) & set(top["teacher"])) / 5
+        assert abs(shadow["hlm_shadow_overlap_sum"] - overlap) <= 0.2 + 1e-9, (shadow, top)
         client.close()
     finally:
         if proc.poll() is None:

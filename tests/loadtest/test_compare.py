@@ -6,7 +6,6 @@ fail whatever the machine's load. Everything else is checked for structure, not 
 """
 
 import json
-import math
 
 from loadtest.compare import compare
 from loadtest.report import run_order
@@ -28,20 +27,31 @@ def test_compare_writes_a_complete_run_folder(quick_service, tmp_path):
     enc = {e["encoder"]: e for e in doc["encoders"]}
     assert set(enc) == {"student", "teacher"}
 
-    # steps alternate: round 0 student then teacher, round 1 teacher then student, ...
+    # steps alternate: round 0 student then teacher, round 1 teacher then student, ...; an
+    # encoder whose search is over drops out. The whole order follows from the step counts.
     steps = sorted(((seq, e["encoder"]) for e in doc["encoders"] for seq in e["seq"]))
     order = [name for _, name in steps]
-    assert order[:2] == ["student", "teacher"]
-    if len(enc["student"]["steps"]) >= 2 and len(enc["teacher"]["steps"]) >= 2:
-        assert order[2:4] == ["teacher", "student"]
+    counts = {name: len(enc[name]["steps"]) for name in ("student", "teacher")}
+    expected, taken, round_no = [], dict.fromkeys(counts, 0), 0
+    while any(taken[n] < counts[n] for n in counts):
+        for name in (["student", "teacher"] if round_no % 2 == 0 else ["teacher", "student"]):
+            if taken[name] < counts[name]:
+                expected.append(name)
+                taken[name] += 1
+        round_no += 1
+    assert counts["student"] >= 1 and counts["teacher"] >= 1
+    assert order == expected
 
-    # the teacher (max 50/s) cannot sustain 80/s at any SLO
+    # the teacher (one request at a time, 20 ms each: 50/s at most) cannot sustain 80/s at any
+    # SLO: its search ends at a step it failed (at 80/s, or lower on a slower machine), so
+    # its capacity is measured, never capped at the sweep's top.
     teacher_80 = [s for s in enc["teacher"]["steps"] if s["offered_rps"] == 80.0]
-    if teacher_80:
-        assert teacher_80[0]["achieved_rps"] < 0.95 * 80
+    assert all(s["achieved_rps"] < 0.95 * 80 for s in teacher_80)
     for slo in ("15", "100"):
         best = enc["teacher"]["max_rps"][slo]
         assert best is None or best < 80
+        assert enc["teacher"]["capped"][slo] is False
+        assert any(not v[slo]["sustained"] for v in enc["teacher"]["verdicts"])
 
     # the server's histogram counted exactly the measured requests (warm-up drained first)
     for e in doc["encoders"]:
@@ -54,7 +64,7 @@ def test_compare_writes_a_complete_run_folder(quick_service, tmp_path):
     assert "student/teacher" in summary["ratios"]
     md = (folder / "report.md").read_text()
     assert "## Ratios" in md and "## Steps in run order" in md
-    assert "server p99" in md and "generator pinned" in md or "not pinned" in md
+    assert "server p99" in md and ("generator pinned" in md or "not pinned" in md)
     assert md.count("| student |") + md.count("| teacher |") >= len(order)
 
 
@@ -65,7 +75,6 @@ def test_run_order_follows_seq():
     a.seq, b.seq = [0, 3], [1, 2]
     a.steps, b.steps = [None, None], [None, None]
     assert [(sw.encoder, j) for sw, j in run_order([a, b])] == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
-    assert math.isinf(float("inf"))
 
 
 def test_variants_that_need_their_own_server(tmp_path):

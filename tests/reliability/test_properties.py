@@ -82,13 +82,32 @@ def test_request_models_accept_only_what_they_promise(model, body):
         assert req.ef is None or 1 <= req.ef <= limits.max_ef
 
 
+valid_searches = st.fixed_dictionaries(
+    {"query": st.text(alphabet=st.characters(categories=("L", "N")), min_size=1, max_size=40)},
+    optional={"k": st.integers(1, 50), "ef": st.integers(1, 500), "encoder": st.sampled_from(["student", "teacher"])},
+)
+
+
 @settings(max_examples=200)
-@given(st.binary(max_size=200) | texts.map(lambda t: t.encode("utf-8", "surrogatepass")))
-def test_any_bytes_are_parsed_or_refused_with_a_validation_error(raw):
+@given(st.binary(max_size=200).map(lambda b: (b, None))
+       | texts.map(lambda t: (t.encode("utf-8", "surrogatepass"), None))
+       | valid_searches.map(lambda body: (json.dumps(body).encode(), body)))
+def test_any_bytes_are_parsed_or_refused_with_a_validation_error(case):
+    """Any bytes: a request within the bounds or a ValidationError (a 422), never another
+    exception; and a body within the documented bounds is accepted as sent."""
+    raw, valid = case
     try:
-        parse(SearchRequest, raw, CTX)
-    except ValidationError:
-        pass
+        req = parse(SearchRequest, raw, CTX)
+    except ValidationError as exc:
+        assert valid is None, f"a valid body was refused: {valid} -> {exc}"
+        assert exc.errors()
+        return
+    limits = CTX["settings"]
+    assert 1 <= len(req.texts) <= limits.max_queries and all(t and t == normalise_text(t) for t in req.texts)
+    assert req.k is None or 1 <= req.k <= limits.max_k
+    if valid is not None:
+        assert req.texts == [normalise_text(valid["query"])]
+        assert (req.k, req.ef, req.encoder) == (valid.get("k"), valid.get("ef"), valid.get("encoder", "student"))
 
 
 # ---- batching on the real artifact ----
@@ -124,6 +143,7 @@ def check_batching(runtime, encoder, specs, data, tol):
         for other in (together[i], shuffled[pos]):
             assert other.truncated == alone.truncated
             np.testing.assert_allclose(other.scores, alone.scores, atol=tol)
+            assert len(other.labels) == len(alone.labels) == len(specs[i][0])
             for a, b in zip(other.labels, alone.labels):
                 # Same keywords in the same order, up to ties within the tolerance.
                 if a != b:

@@ -58,6 +58,7 @@ def test_results_equal_the_encoder_and_index_called_directly(server, direct, enc
     body = search(server, queries=QUERIES[:3], k=7, encoder=encoder)
     assert body["encoder"] == encoder and body["k"] == 7
     assert body["precision"] == ("int8" if encoder == "student" else "fp32")
+    assert len(body["results"]) == 3  # one result per query, in order (zip below stops at the shorter)
     for query, result in zip(QUERIES, body["results"]):
         hits = index.search(encoders[encoder].encode([query]).vectors, SearchParams(k=7))[0]
         ids, scores = keywords(result)
@@ -95,6 +96,7 @@ def test_batch_equals_singles(server, encoder):
 
     single_hits = [search(server, query=q, k=10, encoder=encoder)["results"][0] for q in QUERIES]
     batch_hits = search(server, queries=QUERIES, k=10, encoder=encoder)["results"]
+    assert len(batch_hits) == len(single_hits) == len(QUERIES)
     for one, many in zip(single_hits, batch_hits):
         assert keywords(one)[0] == keywords(many)[0]
         np.testing.assert_allclose(keywords(one)[1], keywords(many)[1], atol=1e-5)
