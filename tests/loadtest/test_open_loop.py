@@ -7,7 +7,10 @@ is scheduled at 0.05*i and answered at about 0.1*(i+1), so its latency from the 
 start is 0.1 + 0.05*i s: 0.1 s for the first, 1.55 s for the last, median ~0.8 s. A closed
 loop against the same server hides that queue: it only ever sees the 100 ms service time.
 
-Bounds are generous (a shared 2-core machine adds jitter); what they check is the shape.
+Every bound below holds however slow the machine is: the server's 100 ms are a floor
+(asyncio.sleep never returns early), so queueing can only make latencies larger and the
+answer rate lower; the generator's own punctuality is the harness's to report
+(``generator_lag``), not asserted.
 """
 
 import httpx
@@ -23,21 +26,23 @@ def test_open_loop_keeps_sending_while_the_server_stalls(slow_serial_service):
     httpx.post(url + "/debug/reset")
     step = run_step(url, "student", 20, 1.5, warmup_s=0, queries=QUERIES, timeout_s=10, preflight=False)
 
-    # every request was sent, at the offered rate, not at the server's pace
+    # every request was sent, not at the server's pace: answering 30 takes >= 3 s, and a
+    # closed loop would need >= 2.9 s between the first and the last arrival
     assert step.scheduled == step.sent == 30
     assert step.ok == 30 and step.errors == {}
-    assert step.sent_rps == pytest.approx(20, rel=0.15)
     arrivals = sorted(a["t"] for a in httpx.get(url + "/debug/arrivals").json())
     assert len(arrivals) == 30
-    assert 1.2 < arrivals[-1] - arrivals[0] < 1.9  # all arrived in ~1.45 s ...
-    assert step.achieved_rps < 12  # ... while answers came back at <= 10/s
+    spread = arrivals[-1] - arrivals[0]
+    # (~1.45 s when on time; only a generator that fell behind, and says so, may take longer)
+    assert spread < 2.9 or step.generator_lag > 0, (spread, step.generator_lag_max_ms)
+    assert step.achieved_rps <= 10.5  # answers came back at <= 10/s, one worker of 100 ms
 
-    # latency from the scheduled start grows with the queue: 0.1 s .. 1.55 s, median ~0.8 s
+    # latency from the scheduled start grows with the queue: request i waits >= 0.1 + 0.05*i s
+    # (0.1 s for the first, 1.55 s for the last): floors, whatever the machine
     lat = step.latency
     assert lat["count"] == 30
-    assert 600 < lat["p50"] < 1300
-    assert 1300 < lat["max"] < 2600
-    assert lat["max"] - lat["p50"] > 500  # the last request waited far longer than the middle one
+    assert lat["p50"] > 700  # requests 12..29, more than half, each wait >= 0.7 s
+    assert lat["max"] > 1500
 
     # the server's own histogram saw the same queue (its lock is inside the handler)
     assert step.server is not None
@@ -49,8 +54,12 @@ def test_closed_loop_hides_the_queue_and_is_labelled(slow_serial_service):
     step = run_step(slow_serial_service, "student", None, 1.0, warmup_s=0, queries=QUERIES,
                     mode="closed", concurrency=1)
     assert step.mode == "closed-loop" and step.offered_rps is None and step.concurrency == 1
-    assert 5 <= step.ok <= 11  # ~10 requests of 100 ms in 1 s
-    assert step.latency["p99"] < 400  # only the service time: no queue is ever seen
+    assert 1 <= step.ok <= 11  # one at a time, >= 100 ms each: at most ~10 in 1 s
+    # A closed loop times from the actual send, so it only ever sees the service time, never
+    # a queue: its latency is its response time, and the open loop's floors above do not apply.
+    assert step.latency["count"] == step.response_time["count"] == step.ok
+    assert step.latency["p99"] == pytest.approx(step.response_time["p99"], rel=0.01)
+    assert step.latency["p50"] >= 99  # the 100 ms service time is a floor
 
 
 def test_warmup_is_excluded_from_client_and_server_numbers(slow_serial_service):
