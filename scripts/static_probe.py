@@ -87,6 +87,22 @@ def main() -> None:
         result[phase] = row
         info = json.loads((Path(folder) / "spec.json").read_text())["info"]
         row["best_step"], row["cut_short"] = info.get("best_step"), info.get("cut_short")
+    # Quality on queries with tokens no training text had (the rows a static student only
+    # knows from the teacher's initialisation) against queries made of seen tokens.
+    from models.encoders import tokenizer_path
+    from retrieval.onnx_encoder import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path("teacher"))
+    seen = {i for e in tok.encode_batch(data.texts + data.pair_queries) for i in e.ids}
+    unseen = [any(i not in seen for i in e.ids) for e in tok.encode_batch(queries)]
+    last = load_student_checkpoint(list(done.values())[-1])
+    encode = torch_encoder(last, tokenizer_name(get_spec(args.student)))
+    for label, keep in (("unseen_tokens", True), ("seen_tokens", False)):
+        rows_q = [i for i, u in enumerate(unseen) if u == keep]
+        subset = JudgedEval([queries[i] for i in rows_q], [judgments[i] for i in rows_q], pool, scored.product_vectors)
+        t_row, s_row = subset.score(lambda texts: teacher(list(texts), "gate queries")), subset.score(encode)
+        result[label] = {"queries": len(rows_q), "teacher": t_row["ndcg_at_10"], "student": s_row["ndcg_at_10"],
+                         "share": round(s_row["ndcg_at_10"] / max(t_row["ndcg_at_10"], 1e-9), 4)}
     print(json.dumps(result, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.jsonl", "a") as handle:
