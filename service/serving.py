@@ -300,6 +300,13 @@ class SearchService:
     def readiness(self) -> tuple[int, dict[str, Any]]:
         ready = self.state.phase is Phase.READY
         body = {"ready": ready, "status": self.state.phase.value}
-        if self.state.detail:
+        runtime = self.state.runtime
+        if ready and runtime is not None and not runtime.index_ready:
+            # A remote index (Milvus) that stopped answering: out of the load balancer's
+            # rotation until the runtime's probe sees it answer again.
+            ready = False
+            body = {"ready": False, "status": "index_unavailable",
+                    "detail": f"The {runtime.index.backend} index does not answer; retrying."}
+        elif self.state.detail:
             body["detail"] = self.state.detail
         return (200 if ready else 503), body

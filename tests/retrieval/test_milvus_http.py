@@ -84,6 +84,11 @@ def test_same_api_from_milvus_503_while_it_is_down_then_recovery(tmp_path, artif
             error = down.json()["error"]
             assert error["code"] == "index_unavailable" and "Traceback" not in down.text
         assert client.get("/healthz").status_code == 200  # alive: a Milvus outage must not restart pods
+        deadline = time.monotonic() + 30  # bounded: the runtime's probe notices within seconds
+        while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "index_unavailable", ready.text
 
         milvus.start()
         deadline, status = time.monotonic() + 60, None
@@ -94,6 +99,10 @@ def test_same_api_from_milvus_503_while_it_is_down_then_recovery(tmp_path, artif
             assert status == 503
             time.sleep(0.5)
         assert status == 200
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.get("/readyz").status_code == 200  # back in rotation with no restart
         assert [h["id"] for h in search(client).json()["results"][0]["keywords"]][:1] == [hits[0]["id"]]
         # pymilvus' own per-failure tracebacks are silenced (retrieval/milvus.py logs one line
         # per change of health); the batcher still logs each failed batch with its traceback.
