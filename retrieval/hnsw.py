@@ -93,6 +93,7 @@ class HnswIndex:
         # search is running, then changes it. A write waits until no search runs.
         self._cond = threading.Condition(threading.Lock())
         self._searching = 0
+        self._waiting = 0  # searches waiting to start
         self._writing = False
         self._writer = threading.Lock()  # one writer at a time (the live ingest thread)
         self.graph.set_ef(ef)
@@ -159,8 +160,10 @@ class HnswIndex:
     def _reading(self, ef: Optional[int]) -> Iterator[Optional[int]]:
         """Share the graph with other searches (at ``ef`` if given); yields the hidden-from label."""
         with self._cond:
+            self._waiting += 1
             while self._writing or (ef is not None and ef != self._ef and self._searching):
                 self._cond.wait()
+            self._waiting -= 1
             if ef is not None and ef != self._ef:
                 self.graph.set_ef(ef)
                 self._ef = ef
@@ -177,7 +180,9 @@ class HnswIndex:
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         with self._cond:
-            while self._writing or self._searching:
+            # Searches first: a writer going straight from one add to the next would otherwise
+            # re-take the graph before a woken search gets to it, and hold it for the whole change.
+            while self._writing or self._searching or self._waiting:
                 self._cond.wait()
             self._writing = True
         try:
