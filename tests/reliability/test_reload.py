@@ -54,9 +54,10 @@ def srv(start_server, artifacts):
     # reload's loading still takes CPU from it for a moment, and with the student's 5 ms
     # default budget that refused 0-1 of ~300 requests per swap (1-3 before the reload ran
     # at low priority; docs/RELIABILITY.md). This test checks the swap itself, so it runs
-    # with a 50 ms budget, under which nothing is refused.
+    # with no admission time bound: a 50 ms one still refused a request now and then on a
+    # machine busy with other work, which says nothing about the swap.
     server = start_server(artifact=artifacts["link"], admin_token=TOKEN, access_log="true", log_level="debug",
-                          max_queue_wait_ms=50)
+                          max_queue_wait_ms=0)
     server.wait_for("/readyz")
     server.client.headers["Authorization"] = f"Bearer {TOKEN}"
     return server
@@ -64,6 +65,19 @@ def srv(start_server, artifacts):
 
 def sha(server) -> str:
     return server.client.get("/v1/info").json()["artifact"]["sha256"]
+
+
+def served_kind(server) -> str:
+    """Which artifact answers now, "A" or "B" (B's keyword texts start with "B: "), so each
+    test starts from whatever the previous one left: they pass in any order, or alone."""
+    hits = server.client.post("/v1/search", json={"query": "drill", "k": 10}).json()["results"][0]["keywords"]
+    kinds = {"B" if h["text"].startswith("B: ") else "A" for h in hits}
+    assert len(kinds) == 1, hits
+    return kinds.pop()
+
+
+def reloads(server, result: str) -> float:
+    return value(metrics(server), "hlm_reloads_total", result=result)
 
 
 def under_load(server, action, workers: int = 4, rate: float = 100.0, max_requests: int = 3000, max_s: float = 90.0):
@@ -109,26 +123,29 @@ def under_load(server, action, workers: int = 4, rate: float = 100.0, max_reques
 
 
 def test_reload_swaps_under_load_without_a_failed_or_mixed_answer(srv, artifacts):
-    sha_a = sha(srv)
-    point(artifacts["link"], artifacts["B"])
+    old_sha, old = sha(srv), served_kind(srv)
+    new = "B" if old == "A" else "A"
+    ok_before = reloads(srv, "ok")
+    point(artifacts["link"], artifacts[new])
     response, records, returned = under_load(srv, lambda: srv.client.post("/admin/reload"))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["status"] == "reloaded" and body["previous_sha256"] == sha_a and body["artifact_sha256"] != sha_a
+    assert body["status"] == "reloaded" and body["previous_sha256"] == old_sha and body["artifact_sha256"] != old_sha
     statuses = [status for _, status, _ in records]
     assert len(records) > 20 and set(statuses) == {200}, statuses
     assert all(len(kinds) == 1 for _, _, kinds in records)  # never half A, half B
     assert {"A", "B"} <= set().union(*(kinds for _, _, kinds in records))
-    assert all(kinds == {"B"} for sent, _, kinds in records if sent > returned)
+    assert all(kinds == {new} for sent, _, kinds in records if sent > returned)
     assert sha(srv) == body["artifact_sha256"]
     samples = metrics(srv)
-    assert value(samples, "hlm_reloads_total", result="ok") == 1
+    assert value(samples, "hlm_reloads_total", result="ok") - ok_before == 1
     info = [labels for (name, labels) in samples if name == "hlm_build_info"]
     assert dict(info[0])["artifact_sha256"] == body["artifact_sha256"]
 
 
 def test_a_bad_new_artifact_is_refused_and_the_old_one_keeps_serving(srv, artifacts):
-    before = sha(srv)
+    before, kind = sha(srv), served_kind(srv)
+    refused_before = reloads(srv, "refused")
     point(artifacts["link"], artifacts["bad"])
     response, records, _ = under_load(srv, lambda: srv.client.post("/admin/reload"))
     assert response.status_code == 409, response.text
@@ -136,25 +153,26 @@ def test_a_bad_new_artifact_is_refused_and_the_old_one_keeps_serving(srv, artifa
     assert message.startswith(f"Reload refused, still serving artifact {before[:12]}: The student tokenizer")
     assert "\n" not in message
     assert set(status for _, status, _ in records) == {200}
-    assert all(kinds == {"B"} for _, _, kinds in records)
+    assert all(kinds == {kind} for _, _, kinds in records)
     assert sha(srv) == before and srv.client.get("/readyz").status_code == 200
-    assert value(metrics(srv), "hlm_reloads_total", result="refused") == 1
+    assert reloads(srv, "refused") - refused_before == 1
     assert "reload refused, still serving" in srv.log()
+    point(artifacts["link"], artifacts[kind])  # leave the link on what is served
 
 
 def test_sighup_reloads_the_configured_folder(srv, artifacts):
-    point(artifacts["link"], artifacts["A"])
+    new = "B" if served_kind(srv) == "A" else "A"
+    ok_before = reloads(srv, "ok")
+    point(artifacts["link"], artifacts[new])
     srv.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if srv.client.get("/admin/reload").json()["last"]["result"] == "ok" and \
-                srv.client.get("/v1/info").json()["artifact"]["resolved"] == str(artifacts["A"].resolve()):
-            break
+    while reloads(srv, "ok") - ok_before < 1:  # counted, whatever the reload's duration
+        if time.monotonic() > deadline:
+            pytest.fail("SIGHUP did not reload within 90 s:\n" + srv.log()[-3000:])
         time.sleep(0.3)
-    else:
-        pytest.fail("SIGHUP did not reload within 90 s:\n" + srv.log()[-3000:])
-    hits = srv.client.post("/v1/search", json={"query": "drill"}).json()["results"][0]["keywords"]
-    assert not any(h["text"].startswith("B: ") for h in hits)
+    assert reloads(srv, "ok") - ok_before == 1
+    assert srv.client.get("/v1/info").json()["artifact"]["resolved"] == str(artifacts[new].resolve())
+    assert served_kind(srv) == new
     assert srv.proc.poll() is None
 
 
