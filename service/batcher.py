@@ -70,6 +70,7 @@ class Ticket:
     client: str = ""
     queue_s: Optional[float] = None  # set by the worker when the job's first part starts
     batch_s: float = 0.0  # time of the batches its parts rode in (set by the worker)
+    counts: Optional[list[int]] = None  # tokens per query, as the edge counted them for admission
     batcher: Optional["Batcher"] = None  # the batcher the job went to (for observe_service)
 
 
@@ -257,6 +258,9 @@ class Batcher:
             raise refusal
 
     def _counts(self, job: Job) -> list[int]:
+        ticket = job.ticket
+        if ticket is not None and ticket.counts is not None and len(ticket.counts) == job.size:
+            return ticket.counts  # counted once, at the edge (profiled: a quarter of the loop's work when twice)
         texts = getattr(job.payload, "texts", None)
         if self.tokens is None or texts is None:
             return [0] * job.size

@@ -240,8 +240,12 @@ class EdgeMiddleware:
         if not isinstance(texts, list) or not texts or len(texts) > self._setting("max_queries", 64) \
                 or not all(isinstance(t, str) for t in texts):
             return None  # the route explains what is wrong with it
+        counts = slot.batcher.estimate(texts)
+        ticket = REQUEST.get()
+        if ticket is not None:
+            ticket.counts = counts  # submit reuses them (the texts differ only by clean-up)
         try:
-            slot.batcher.admit(slot.batcher.estimate(texts), client)
+            slot.batcher.admit(counts, client)
         except Refusal as refusal:
             scope["hlm.encoder"] = encoder
             return refusal_error(refusal)
