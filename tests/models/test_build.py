@@ -42,18 +42,63 @@ def test_teacher_finds_each_keyword_itself(small_artifact):
     assert all(h[0].score > 0.99 for h in hits)
 
 
-def test_student_agrees_with_teacher_far_above_chance(small_artifact):
+def heldout(data_dir) -> list[str]:
+    """The build's held-out queries (dev split), chosen again the way the build chose them."""
+    from models.build import select_inputs
+    from models.profiles import get_profile
+
+    return select_inputs(get_profile("small"), data_dir).heldout_queries
+
+
+def keyword_vectors(root) -> np.ndarray:
+    """The vectors stored in the artifact's hnswlib file, read with hnswlib itself."""
+    import hnswlib
+
+    m = verify(root, checksums=False)["index"]
+    graph = hnswlib.Index(space="ip", dim=m["dim"])
+    graph.load_index(str(root / m["path"]))
+    return np.asarray(graph.get_items(list(range(m["count"]))), dtype=np.float32)
+
+
+def test_student_agrees_with_teacher_far_above_chance(small_artifact, data_dir):
+    """Recomputed here from the encoders and the stored vectors, not read from eval.json."""
+    from models.metrics import overlap_at_k
+    from retrieval.exact import exact_top_k
+
     report = json.loads((small_artifact / "eval.json").read_text())
-    chance = report["chance_overlap_at_10"]
-    for name in ("student_fp32", "student_int8"):
-        assert report[name]["overlap_at_10"] > 10 * chance, report
+    queries = heldout(data_dir)
+    assert len(queries) == report["heldout_queries"] == 100
+    vectors = keyword_vectors(small_artifact)
+    chance = 10 / len(vectors)
+    assert report["chance_overlap_at_10"] == pytest.approx(chance)
+    teacher_top = exact_top_k(vectors, open_encoder(small_artifact, "teacher").encode_many(queries), 10).tolist()
+    for name, precision in (("student_fp32", "fp32"), ("student_int8", "int8")):
+        top = exact_top_k(vectors, open_encoder(small_artifact, "student", precision).encode_many(queries), 10).tolist()
+        overlap = float(np.mean([overlap_at_k(a, b, 10) for a, b in zip(top, teacher_top)]))
+        assert overlap > 10 * chance, (name, overlap)
+        # and the build reported what its encoders do (its teacher vectors came from the cache)
+        assert report[name]["overlap_at_10"] == pytest.approx(overlap, abs=0.02), (name, overlap)
 
 
-def test_onnx_matches_pytorch(small_artifact):
+def test_onnx_matches_pytorch(small_artifact, data_dir):
+    """The teacher's ONNX export against the packaged PyTorch teacher, and the int8 student
+    against fp32, recomputed on the build's probe queries. (The student's closed-form fit is
+    not kept in PyTorch; its ONNX graph is rebuilt in PyTorch from the ONNX weights and
+    compared by tests/benchmarks/test_peers.py.)"""
+    from models.encoders import load_teacher
+    from models.export import torch_encode
+
     parity = json.loads((small_artifact / "eval.json").read_text())["parity"]
-    assert parity["teacher_onnx_vs_torch"]["min_cosine"] > 0.9999
-    assert parity["student_onnx_vs_torch"]["min_cosine"] > 0.9999
-    assert parity["student_int8_vs_fp32"]["mean_cosine"] > 0.98
+    probe = heldout(data_dir)[:64]
+    teacher_onnx = open_encoder(small_artifact, "teacher").encode_many(probe[:16])
+    teacher_torch = torch_encode(load_teacher(), small_artifact / "teacher/tokenizer.json", probe[:16])
+    assert np.min(np.sum(teacher_onnx * teacher_torch, axis=1)) > 0.9999
+    fp32 = open_encoder(small_artifact, "student").encode_many(probe)
+    int8 = open_encoder(small_artifact, "student", "int8").encode_many(probe)
+    cosine = np.sum(fp32 * int8, axis=1)
+    assert cosine.mean() > 0.98
+    assert parity["student_int8_vs_fp32"]["mean_cosine"] == pytest.approx(float(cosine.mean()), abs=1e-3)
+    assert parity["student_onnx_vs_torch"]["min_cosine"] > 0.9999  # the build's own check, kept as reported
 
 
 def test_int8_student_stays_close_to_fp32(small_artifact):
