@@ -13,6 +13,11 @@ p99 (``timings.total_ms``); for phase 2 the ingest rate (acknowledged keywords a
 and the teacher's encode time per change from ``hlm_ingest_encode_seconds``.
 
     .venv/bin/python -m benchmarks.ingest_bench /work/small-artifact --seconds 20 --rate 50
+
+``--isolate`` measures in process instead, without HTTP, the event loop or other clients, what
+each half of ingest costs a stream of student queries (encode + search, ``--rate`` a second):
+graph writes alone (a pre-encoded 16-keyword change every 0.5 s through ``HnswIndex.apply``),
+and teacher encoding alone in a thread at niceness 10 and at 0.
 """
 
 from __future__ import annotations
@@ -127,6 +132,67 @@ async def run(url: str, pool: list[str], args) -> dict:
     return {"queries_alone": summarise(alone), "queries_during_ingest": summarise(during), "ingest": ingested}
 
 
+def isolate(artifact: Path, seconds: float, rate: float) -> dict:
+    import threading
+
+    from retrieval.base import SearchParams
+    from retrieval.hnsw import HnswIndex
+    from retrieval.onnx_encoder import OnnxEncoder
+    from service.live.keywords import encode_texts, lower_this_threads_priority
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    idx, enc = manifest["index"], manifest["encoders"]
+    index = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64))
+    student_file = enc["student"].get("onnx_int8") or enc["student"]["onnx"]
+    student = OnnxEncoder(artifact / student_file, artifact / enc["student"]["tokenizer"], 128, threads=1)
+    teacher = OnnxEncoder(artifact / enc["teacher"]["onnx"], artifact / enc["teacher"]["tokenizer"], 128, threads=1)
+    texts = [kw[1] for kw in index.keywords()[:2000]]
+
+    def stream() -> dict:
+        lat, t0, i = [], time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            start = time.perf_counter()
+            index.search(student.encode([texts[i % len(texts)]]).vectors, SearchParams(10))
+            lat.append((time.perf_counter() - start) * 1000)
+            i += 1
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        return {"queries": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": round(max(lat), 2)}
+
+    def with_background(work) -> dict:
+        stop = threading.Event()
+        thread = threading.Thread(target=work, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            return stream()
+        finally:
+            stop.set()
+            thread.join()
+
+    fixed = index.vectors_of([kw[0] for kw in index.keywords()[:16]])
+
+    def writes(stop) -> None:
+        n = 0
+        while not stop.is_set():
+            index.apply([f"iso:{n - 1}:0"] if n else [], [f"iso:{n}:{j}" for j in range(16)], fixed, ["t"] * 16,
+                        [{}] * 16)
+            n += 1
+            stop.wait(0.5)
+
+    def encoding(niceness):
+        def work(stop) -> None:
+            lower_this_threads_priority(niceness)
+            n = 0
+            while not stop.is_set():
+                encode_texts(teacher, texts[(n * 16) % 1984:(n * 16) % 1984 + 16])
+                n += 1
+        return work
+
+    out = {"alone": stream(), "graph_writes": with_background(writes), "alone_again": stream()}
+    for niceness in (10, 0):
+        out[f"teacher_encoding_niceness_{niceness}"] = with_background(encoding(niceness))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path)
@@ -137,7 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--niceness", type=int, default=10, help="HLM_INGEST_NICENESS of the server.")
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--out", type=Path, default=None, help="JSON results.")
+    parser.add_argument("--isolate", action="store_true", help="In process: each half of ingest on its own.")
     args = parser.parse_args(argv)
+    if args.isolate:
+        result = isolate(args.artifact, args.seconds, args.rate)
+        result["setup"] = {"artifact": str(args.artifact), "seconds": args.seconds, "rate": args.rate,
+                           "load_average": os.getloadavg(), "host": platform.node(), "cpus": os.cpu_count()}
+        print(json.dumps(result, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     pool = [line.split("\t", 1)[1].strip() for line in
             (args.artifact / "index" / "keywords.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     random.Random(1).shuffle(pool)
