@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Closed-loop concurrency sweep, two builds side by side: both servers pinned to CPU 0 (one
+# idle while the other is measured), wrk on CPU 1; for each connection count the BEFORE build
+# then the AFTER build, STEP seconds each, so both see the same machine minute by minute.
+# Per step: wrk's RESULT (served/s, 429s, client p50/p99) and the server's p99 bucket of
+# accepted student searches (its own histogram), then each server's RSS.
+# usage: loadtest/wrk/ab_sweep.sh ARTIFACT OUT_DIR BEFORE_REPO AFTER_REPO [STEP]
+set -euo pipefail
+artifact=$1; out=$2; before=$3; after=$4; step=${5:-8}
+here=$(cd "$(dirname "$0")" && pwd); py=$here/../../.venv/bin/python
+mkdir -p "$out"
+bodies=$out/bodies.jsonl
+[ -f "$bodies" ] || "$py" - "$bodies" <<'PY'
+import csv, json, random, sys
+rows = []
+for name in ("msmarco_queries.tsv", "homedepot_judgments.tsv"):
+    with open(f"../shared/data/{name}", encoding="utf-8") as f:
+        seen = list(dict.fromkeys(r["query"].strip() for r in csv.DictReader(f, delimiter="\t") if r["query"].strip()))
+    random.Random(0).shuffle(seen)
+    rows += seen[:1000]
+random.Random(1).shuffle(rows)
+with open(sys.argv[1], "w") as f:
+    for q in rows:
+        f.write(json.dumps({"query": q, "k": 10}) + "\n")
+PY
+declare -A port pid
+for v in before after; do
+  repo=$before; [ $v = after ] && repo=$after
+  port[$v]=$((20000 + RANDOM % 20000))
+  (cd "$repo" && exec taskset -c 0 "$py" -c "from hlm.cli import app; app()" serve --artifact "$artifact" --port ${port[$v]}) > "$out/server-$v.log" 2>&1 &
+  pid[$v]=$!
+done
+trap 'kill ${pid[before]} ${pid[after]} 2>/dev/null || true' EXIT
+for v in before after; do
+  for _ in $(seq 1 180); do curl -sf localhost:${port[$v]}/readyz > /dev/null && break; sleep 1; done
+  WRK_BODIES=$bodies taskset -c 1 wrk -t1 -c2 -d3s -s "$here/search.lua" http://127.0.0.1:${port[$v]} > /dev/null
+done
+p99() {
+  "$py" - "$1" "$2" <<'PY'
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+def buckets(path):
+    out = {}
+    for fam in text_string_to_metric_families(open(path).read()):
+        for s in fam.samples:
+            l = s.labels
+            if s.name == "hlm_request_duration_seconds_bucket" and l.get("route") == "/v1/search" and l.get("encoder") == "student" and l.get("status") == "200":
+                out[float(l["le"])] = s.value
+    return out
+a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
+d = sorted((le, b[le] - a.get(le, 0)) for le in b)
+total = d[-1][1] if d else 0
+print(next((f"{le * 1000:g}" for le, n in d if total and n >= 0.99 * total), "nan"))
+PY
+}
+for c in ${CONNS:-1 2 4 8 16 32 64}; do
+  for v in before after; do
+    curl -s localhost:${port[$v]}/metrics > "$out/m0.txt"
+    line=$(WRK_BODIES=$bodies taskset -c 1 wrk -t$(( c < 2 ? 1 : 2 )) -c$c -d${step}s -s "$here/search.lua" http://127.0.0.1:${port[$v]} | grep RESULT)
+    curl -s localhost:${port[$v]}/metrics > "$out/m1.txt"
+    echo "$v c=$c $line server_p99_le_ms=$(p99 "$out/m0.txt" "$out/m1.txt") load=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$out/sweep.txt"
+  done
+done
+for v in before after; do echo "$v rss_mb=$(( $(awk '/VmRSS/{print $2}' /proc/${pid[$v]}/status) / 1024 ))" | tee -a "$out/sweep.txt"; done
