@@ -6,12 +6,12 @@ HLM_ARTIFACT_DIR (the API never reads a path from a request).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from service.errors import InvalidRequest
 from service.live.admin import change_keywords, get_keyword
-from service.protocol import ErrorResponse, KeywordOut, KeywordsResponse
+from service.protocol import KEYWORD_ID, ErrorResponse, KeywordOut, KeywordsResponse
 from service.reload import Reloader
 from service.serving import SearchService, dumps
 
@@ -69,7 +69,9 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
         200: {"model": KeywordOut},
         401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."},
         404: {"model": ErrorResponse, "description": "No such keyword (never added, or deleted)."}})
-    async def keyword(request: Request, keyword_id: str) -> Response:
+    async def keyword(request: Request, keyword_id: str = Path(pattern=KEYWORD_ID, description="A keyword id "
+                                                               "(never a file system path: ids cannot hold '/').")
+                      ) -> Response:
         return await get_keyword(service, request, keyword_id)
 
     return router
