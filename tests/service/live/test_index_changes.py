@@ -155,3 +155,41 @@ def test_the_live_set_survives_a_restart_and_a_new_teacher(artifact, teacher, tm
 
 def latest_snapshot_name(path) -> str:
     return sorted(p.name for p in path.glob("snapshot-*"))[-1]
+
+
+def test_a_swap_hands_the_live_set_over_and_writes_wait_for_the_verdict(artifact, teacher, tmp_path):
+    sha = read_manifest(artifact[0])["files"]["teacher/model.onnx"]["sha256"]
+    texts = phrases(6, seed=5)
+
+    async def scenario() -> None:
+        live = LiveKeywords(tmp_path, Metrics())
+        old = open_index(artifact)
+        live.attach(old, teacher, sha)
+        live.start(asyncio.get_running_loop())
+        await live.submit(["kw:0", "kw:1"], texts[:2], [{}, {}], ["hd:100001"])
+
+        # Abandoned (a refused reload): the new index is dropped, writes go on to the old one.
+        rejected = open_index(artifact)
+        handover = await live.handover(rejected, teacher, sha)
+        assert rejected.get("kw:0") == (texts[0], {}) and rejected.get("hd:100001") is None
+        pending = live.submit(["kw:2"], texts[2:3], [{}], [])
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # held until the swap is decided
+        handover.abandon()
+        await pending
+        assert old.get("kw:2") is not None and rejected.get("kw:2") is None
+
+        # Committed, to an artifact whose teacher is "another" one (same weights here): the live
+        # set is re-encoded by it, later writes go to the new index only, and a snapshot holds it.
+        new = open_index(artifact)
+        handover = await live.handover(new, teacher, "another-teacher")
+        handover.commit()
+        await live.submit(["kw:3"], texts[3:4], [{"m": 1}], ["kw:1"])
+        assert new.get("kw:3") == (texts[3], {"m": 1}) and new.get("kw:1") is None and new.get("kw:2") is not None
+        assert old.get("kw:3") is None
+        assert live.live.teacher == "another-teacher" and list(tmp_path.glob("snapshot-*"))
+        (row,) = new.search(encode_texts(teacher, texts[2:3]), SearchParams(1))
+        assert row[0].id == "kw:2"
+        live.close()
+
+    asyncio.run(scenario())
