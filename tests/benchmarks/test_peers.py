@@ -125,7 +125,7 @@ class _ThreadServer:
 def test_two_hop_front_answers_our_shape_and_our_results(tiny_index):
     index_path, store_path, vectors = tiny_index
     seen = []
-    fake = FastAPI()
+    fake = FastAPI()  # stands in for infinity-emb (not installed): the test is of the front's two hops
 
     @fake.post("/embeddings")
     def embeddings(body: dict) -> dict:  # infinity-emb's OpenAI-style shape

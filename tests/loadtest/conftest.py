@@ -49,6 +49,7 @@ def quick_service() -> Iterator[str]:
         yield url
 
 
+# A trivial server, not the service: test_generator.py measures the generator alone.
 @pytest.fixture(scope="module")
 def trivial_server() -> Iterator[str]:
     port = free_port()
