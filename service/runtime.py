@@ -25,6 +25,8 @@ from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job, join_answers, split_texts, token_counter
 from service.live.keywords import LiveKeywords, LiveUnavailable
+from service.live.snapshot import SnapshotError
+from service.live.wal import WalCorrupt
 from service.errors import NotReady
 from service.loader import student_precision
 from service.metrics import Metrics
@@ -216,7 +218,7 @@ class Runtime:
                                      snapshot_bytes=self.settings.snapshot_log_bytes,
                                      niceness=self.settings.ingest_niceness)
             self.live.attach(self.index, self.slots["teacher"].encoder, self.teacher_sha256)
-        except (LiveUnavailable, OSError, ValueError) as exc:
+        except (LiveUnavailable, WalCorrupt, SnapshotError, OSError, ValueError) as exc:
             raise ArtifactError(f"The live keywords in {self.settings.state_dir} cannot be loaded: {exc}") from None
 
     @property

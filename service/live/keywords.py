@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,8 @@ class LiveKeywords:
         except OSError:
             self._lock_file.close()
             raise LiveUnavailable(f"The state folder {self.dir} is in use by another process.") from None
+        for stale in self.dir.glob(".snapshot-tmp-*"):  # a snapshot a crash interrupted (never renamed in)
+            shutil.rmtree(stale, ignore_errors=True)
         snap = latest_snapshot(self.dir)
         self.live = read_snapshot(snap) if snap else LiveSet()
         self.wal, changes = Wal.open(self.dir / "wal.log")

@@ -148,3 +148,25 @@ def test_queries_at_a_steady_rate_during_ingest_get_no_errors(start_server, tmp_
     thread.join(30)
     assert statuses and all(s == 200 for s in statuses), {s: statuses.count(s) for s in set(statuses)}
     print(f"steady queries during ingest of 200 keywords: {len(statuses)} answered, all 200")
+
+
+def test_a_log_damaged_before_its_last_record_stops_start_up_with_one_sentence(start_server, tmp_path):
+    import numpy as np
+
+    from service.live.wal import Wal
+
+    state = tmp_path / "state"
+    state.mkdir()
+    wal, _ = Wal.open(state / "wal.log")
+    vector = np.ones((1, 768), dtype=np.float32) / np.sqrt(768)
+    wal.append(Change(1, "t", ["kw:1"], ["first"], [{}], vector, []))
+    first_end = wal.size
+    wal.append(Change(2, "t", ["kw:2"], ["second"], [{}], vector, []))
+    wal.close()
+    data = bytearray((state / "wal.log").read_bytes())
+    data[first_end - 10] ^= 0xFF
+    (state / "wal.log").write_bytes(bytes(data))
+    srv = start_server(admin_token=TOKEN, state_dir=state)
+    assert srv.proc.wait(120) == 2
+    log = srv.log()
+    assert "acknowledged changes are damaged" in log and "Traceback" not in log
