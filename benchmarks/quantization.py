@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--calibration", type=int, default=300, help="train-split queries to calibrate on")
     parser.add_argument("--queries", type=int, default=400, help="judged dev queries scored")
+    parser.add_argument("--method", action="append", default=None, choices=["minmax", "percentile", "entropy"],
+                        help="calibration method(s) of the static copies (default minmax)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -48,15 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     judged_train, web_train = train_queries()
     calibration = [q for pair in zip(judged_train, web_train) for q in pair][: args.calibration]
     with tempfile.TemporaryDirectory() as tmp:
-        static_path = Path(tmp) / "model.int8-static.onnx"
-        t0 = time.perf_counter()
-        quantize_int8_static(root / spec["onnx"], static_path, tok, calibration)
-        calib_s = time.perf_counter() - t0
         encoders = {
             "fp32": OnnxEncoder(root / spec["onnx"], tok),
             "int8_dynamic": OnnxEncoder(root / spec["onnx_int8"], tok),
-            "int8_static": OnnxEncoder(static_path, tok),
         }
+        t0 = time.perf_counter()
+        for method in args.method or ["minmax"]:
+            static_path = Path(tmp) / f"model.int8-static-{method}.onnx"
+            quantize_int8_static(root / spec["onnx"], static_path, tok, calibration, method)
+            encoders[f"int8_static_{method}"] = OnnxEncoder(static_path, tok)
+        calib_s = time.perf_counter() - t0
         rows = _score(encoders, root, manifest, args.queries, TeacherVectors(1), data_mod, JudgedEval, judged_queries)
     meta = {"machine": platform.node(), "processor": platform.processor(), "artifact": str(root),
             "calibration_queries": len(calibration), "calibration_s": round(calib_s, 1)}

@@ -132,7 +132,10 @@ def export_student(
     out.mkdir(parents=True, exist_ok=True)
     export_mod.copy_tokenizer(tok, out / "tokenizer.json", 128)
     export_mod.export_onnx(load_student_checkpoint(checkpoint), out / "model.onnx", tok)
-    export_mod.quantize_int8(out / "model.onnx", out / "model.int8.onnx")
+    from models.distill.students import is_quantizable
+
+    if is_quantizable(spec):  # a static student has no MatMul worth quantising
+        export_mod.quantize_int8(out / "model.onnx", out / "model.int8.onnx")
     typer.echo(f"exported {spec.name} to {out}")
 
 

@@ -65,7 +65,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     )
 
 
-def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calibration_texts: Sequence[str]) -> None:
+def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calibration_texts: Sequence[str],
+                         method: str = "minmax") -> None:
     """Static (calibrated) int8 copy: activation scales fixed from ``calibration_texts`` (train-split
     queries), so a text's vector no longer depends on its batch-mates and the model may batch.
 
@@ -98,7 +99,11 @@ def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calib
         quantize_static(
             str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                              "entropy": CalibrationMethod.Entropy}[method],
+            # Percentile: clip the activation range at the 99.99th percentile (outliers would
+            # otherwise stretch the scale and flatten everything else).
+            extra_options={"CalibPercentile": 99.99} if method == "percentile" else None,
         )
     finally:
         prepared.unlink(missing_ok=True)

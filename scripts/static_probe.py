@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--l2-share", type=float, default=1.0)
     parser.add_argument("--extra-web", type=int, default=0, help="MS MARCO train queries added to phase 2")
     parser.add_argument("--extra-topics", type=int, default=0, help="Million Query topics added to phase 2")
-    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--hard-negatives", type=int, default=4, help="phase 3: teacher-ranked negatives per pair (0: in-batch only)")
+    parser.add_argument("--init", type=Path, default=None, help="phase 3 from this checkpoint (e.g. another run's phase2)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint instead of training one")
     parser.add_argument("--out", type=Path, default=Path("runs/static-probe"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -59,15 +61,19 @@ def main() -> None:
                                extra_texts=inputs.fit_queries + others + extra)
     print(f"phase-2 texts {len(data.texts)}, judged pairs {len(data.pair_queries)}")
 
-    common = {"validate_every": args.validate_every, "anchor_weight": args.anchor,
-              "checkpoint_every": 10**9, "minutes": 60}
-    tag = f"{args.student}-s{args.steps2}-{args.steps3}-lr{args.lr2}-{args.lr3}-a{args.anchor}-w{args.extra_web}-t{args.extra_topics}-kl{args.kl3}-l{args.l2_share}"
+    common = {"anchor_weight": args.anchor, "checkpoint_every": 10**9, "minutes": 60}
+    tag = (f"{args.student}-s{args.steps2}-{args.steps3}-lr{args.lr2}-{args.lr3}-a{args.anchor}-w{args.extra_web}"
+           f"-t{args.extra_topics}-kl{args.kl3}-l{args.l2_share}-hn{args.hard_negatives}" + ("-init" if args.init else ""))
     out_root = args.out / tag
     t0 = time.perf_counter()
-    done = run_phases(args.student, data, out_root, tuple(args.phases.split(",")),
-                      phase2={"max_steps": args.steps2, "lr": args.lr2, **common},
-                      phase3={"max_steps": args.steps3, "lr": args.lr3, "kl_weight": args.kl3,
-                              "l2_weight": args.l2_share, **common}, threads=args.threads)
+    if args.checkpoint:
+        done = {"checkpoint": args.checkpoint}
+    else:
+        done = run_phases(args.student, data, out_root, tuple(args.phases.split(",")),
+                          phase2={"max_steps": args.steps2, "lr": args.lr2, **common},
+                          phase3={"max_steps": args.steps3, "lr": args.lr3, "kl_weight": args.kl3, "l2_weight": args.l2_share,
+                                  "hard_negatives": args.hard_negatives, **({"init": str(args.init)} if args.init else {}),
+                                  **common}, threads=args.threads)
     train_s = time.perf_counter() - t0
 
     from models.distill.checkpoint import load_student_checkpoint

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 
+from artifact.manifest import verify
 from models.distill.checkpoint import load_student_checkpoint, read_spec
 from models.distill.students import tokenizer_name
 from models.distill.teacher_vectors import TeacherVectors
@@ -34,7 +35,7 @@ def raw_minilm_encoder(threads: int = 2):
 
 
 def onnx_encoder(artifact: Path, precision: str, threads: int = 2):
-    from artifact.manifest import encoder_model, verify
+    from artifact.manifest import encoder_model
     from retrieval.onnx_encoder import OnnxEncoder
 
     enc = verify(artifact, checksums=False)["encoders"]["student"]
@@ -90,12 +91,15 @@ def evaluate_all(
         from retrieval.onnx_encoder import OnnxEncoder
 
         for precision, model in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+            if not (Path(folder) / model).is_file():  # a static student is exported fp32 only
+                continue
             encoder = OnnxEncoder(Path(folder) / model, Path(folder) / "tokenizer.json", 128, threads)
             name = f"{Path(folder).name}_onnx_{precision}"
             rows[name] = judged.score(lambda texts, e=encoder: e.encode_many(list(texts)))
             rows[name].update(agreement(encoder.encode_many(web), web_teacher, keywords))
     if artifact is not None:
-        for precision in ("fp32", "int8"):
+        student = verify(Path(artifact), checksums=False)["encoders"]["student"]
+        for precision in ("fp32", "int8") if student.get("onnx_int8") else ("fp32",):
             encode = onnx_encoder(Path(artifact), precision, threads)
             name = f"artifact_student_{precision}"
             rows[name] = judged.score(encode)
