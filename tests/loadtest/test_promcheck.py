@@ -1,11 +1,17 @@
-"""A real Prometheus agrees with our histogram-delta maths, on the real service (~30 s).
+"""A real Prometheus agrees with our histogram maths (~40 s).
 
-`hlm serve` on the small artifact; a throwaway `prometheus` (Debian package, installed by
-scripts/test.sh, which fails the run when it cannot) scrapes it every second. The p99 it
-computes with histogram_quantile over rate()[1m] must match ours within 10 % or fall in the
-same bucket (rate() extrapolation differs a little between buckets, nothing more), and over
-the raw counters it must match ours exactly. docker/prometheus/rules.yml is loaded and every
-rule must be healthy on the service's own series. No skip: a missing binary fails the test.
+A throwaway `prometheus` (Debian package, installed by scripts/test.sh, which fails the run
+when it cannot; a missing binary fails these tests, never skips them) scrapes the target
+every second.
+
+- On the real service (`hlm serve`, small artifact): over the raw counters Prometheus'
+  histogram_quantile must equal ours exactly, every request must be counted, and
+  docker/prometheus/rules.yml must be healthy on the service's own series.
+- Over rate()[1m] (what the dashboards show) Prometheus' p99 must match our delta's within
+  10 % or fall in the same bucket. Its window also holds the warm-up requests our delta
+  leaves out, which moves the p99 of a real, jittery service by whatever those few did; so
+  this comparison runs against the fake service, whose latencies are fixed (and whose
+  buckets are the service's own, imported).
 """
 
 import shutil
@@ -24,10 +30,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 RATE, SECONDS = 10, 4  # well under what either encoder sustains: no request waits in a queue for long
 
 
-@pytest.fixture(scope="module")
-def served(small_artifact, tmp_path_factory):
+@pytest.fixture(autouse=True)
+def prometheus_installed():
     if shutil.which("prometheus") is None:
         pytest.fail("the prometheus binary is not installed (apt-get install -y prometheus; scripts/test.sh does)")
+
+
+@pytest.fixture(scope="module")
+def served(small_artifact, tmp_path_factory):
     srv = Server(small_artifact, tmp_path_factory.mktemp("promcheck") / "server.log", shadow_rate=0)
     try:
         srv.wait_for("/readyz")
@@ -45,8 +55,6 @@ def test_prometheus_p99_matches_ours_on_the_real_service(served):
         # every request the step sent, plus its preflight (one; another per 429 it waits out)
         assert RATE * SECONDS + 1 <= row["requests"] <= RATE * SECONDS + 20, (name, row)
         assert row["exact"], (name, row)  # same scrape, same interpolation: identical
-        assert row["agree"], (name, row)  # over rate()[1m]: within 10 % or the same bucket
-    assert res.agree
     assert RULES_FILE.is_file() and res.rules_file == str(RULES_FILE)
     assert res.rules_error is None, res.rules_error
     assert res.rules and all(r["health"] == "ok" for r in res.rules), res.rules
@@ -54,3 +62,14 @@ def test_prometheus_p99_matches_ours_on_the_real_service(served):
     p99 = [name for name in res.recorded if "p99" in name]
     assert p99 and all({s["labels"].get("encoder") for s in res.recorded[n]} >= {"student", "teacher"} for n in p99), \
         res.recorded
+
+
+def test_prometheus_rate_p99_matches_our_delta(quick_service):
+    # The fake service here (not the real one): fixed latencies, so the warm-up requests in
+    # Prometheus' 1 m window cannot move the tail (see the module doc).
+    res = check_against_prometheus(quick_service, ["student", "teacher"], rate=30, duration_s=4,
+                                   queries=["cordless drill", "garden hose"])
+    for name, row in res.per_encoder.items():
+        assert row["exact"], (name, row)
+        assert row["agree"], (name, row)  # over rate()[1m]: within 10 % or the same bucket
+    assert res.agree
