@@ -368,6 +368,8 @@ def _check_value(value: Any, where: str) -> None:
     if isinstance(value, str):
         if len(value) > MAX_VALUE_CHARS:
             raise ValueError(f"{where}: a string value has at most {MAX_VALUE_CHARS} characters, got {len(value)}")
+        if any("\ud800" <= ch <= "\udfff" for ch in value):  # valid JSON escapes, but not text: no UTF-8 for them
+            raise ValueError(f"{where}: a string value holds a lone surrogate (\\ud800-\\udfff), which is not text")
         return
     kind = "null" if value is None else {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
     raise ValueError(f"{where}: a value must be a string, number or boolean, not {kind}")
