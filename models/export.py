@@ -65,6 +65,11 @@ def quantize_int8(source: Path, target: Path) -> None:
     )
 
 
+# Calibration inputs are cut (and, for histogram methods, padded) to this many tokens: the
+# queries the service sees are short, and a fixed shape is what the histograms need.
+CALIBRATION_TOKENS = 32
+
+
 def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calibration_texts: Sequence[str],
                          method: str = "minmax") -> None:
     """Static (calibrated) int8 copy: activation scales fixed from ``calibration_texts`` (train-split
@@ -89,8 +94,11 @@ def quantize_int8_static(source: Path, target: Path, tokenizer_json: Path, calib
             if text is None:
                 return None
             e = tokenizer.encode(text)
-            ids = np.array([e.ids], dtype=np.int64)
-            return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            ids, mask = e.ids[:CALIBRATION_TOKENS], [1] * min(len(e.ids), CALIBRATION_TOKENS)
+            if method != "minmax":  # ORT's histogram collectors need one shape for every input
+                pad = CALIBRATION_TOKENS - len(ids)
+                ids, mask = ids + [tokenizer.token_to_id("<pad>") or 0] * pad, mask + [0] * pad
+            return {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.array([mask], dtype=np.int64)}
 
     target.parent.mkdir(parents=True, exist_ok=True)
     prepared = target.with_name(target.stem + ".prep.onnx")
