@@ -2,44 +2,28 @@
 # The default test run: system tools the tests drive for real, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Prometheus (promtool + a real server for the scrape test and the rule lints). Without it
-# the run fails: those tests must run (tests/loadtest/test_promcheck.py fails, not skips).
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+# System tools the tests drive for real; each one missing fails the run (never a skip):
+# - prometheus + promtool: the real-scrape test and the rule lints (tests/loadtest/test_promcheck.py)
+# - podman, buildah, runc, debootstrap: the container smoke test (tests/test_container.py) builds
+#   the serving image from a base debootstrapped from the apt mirror (docker/make-local-base.sh)
+# - chromium: the playground's browser test (Playwright drives Debian's Chromium; Playwright's
+#   own browser download is not reachable here)
+# One apt-get run installs whatever is missing.
+need=()
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+{ command -v podman && command -v debootstrap; } >/dev/null 2>&1 || need+=(podman buildah runc debootstrap)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing prometheus (Debian package) for the real-scrape and promtool tests"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || true
+    echo "test: installing ${need[*]} (Debian packages) for the tests that drive them"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) || true
   fi
-  if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    echo "test: prometheus/promtool are missing and could not be installed (needs root and apt-get):" \
-         "install Debian's prometheus package; the real-scrape and rule tests cannot run without it" >&2
-    exit 1
-  fi
-fi
-# Podman (+ buildah, runc) builds and runs the serving image in the container smoke test
-# (tests/test_container.py), from a base image debootstrapped from the apt mirror
-# (docker/make-local-base.sh: no registry needed). Without them the run fails.
-if ! command -v podman >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing podman, buildah, runc, debootstrap (Debian packages) for the container smoke test"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap \
-      >/dev/null) || true
-  fi
-  if ! command -v podman >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-    echo "test: podman/debootstrap are missing and could not be installed (needs root and apt-get):" \
-         "install Debian's podman, buildah, runc and debootstrap; the container smoke test cannot run without them" >&2
-    exit 1
-  fi
-fi
-# Debian's Chromium for the playground's browser test (Playwright drives it; Playwright's own
-# browser download is not reachable here). Without it the run fails: that test must run.
-if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing chromium (Debian package) for the playground's browser test"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
-  fi
-  if [ ! -x /usr/bin/chromium ]; then
-    echo "test: /usr/bin/chromium is missing and could not be installed (needs root and apt-get):" \
-         "install Debian's chromium package; the browser test cannot run without it" >&2
+  missing=()
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=("prometheus/promtool (the real-scrape and rule tests)")
+  { command -v podman && command -v debootstrap; } >/dev/null 2>&1 || missing+=("podman/debootstrap (the container smoke test)")
+  [ -x /usr/bin/chromium ] || missing+=("/usr/bin/chromium (the playground's browser test)")
+  if [ ${#missing[@]} -gt 0 ]; then
+    printf 'test: missing and could not be installed (needs root and apt-get): %s\n' "${missing[@]}" >&2
     exit 1
   fi
 fi
