@@ -19,13 +19,14 @@ with a typed ``Refusal``) and returns an asyncio future. Admission and schedulin
   backlog.
 - Refusals (``admit``): ``too_large`` when the job alone costs more than ``max_request_s``;
   ``queue_full`` past ``queue_size`` queued requests; ``client_share`` / ``budget`` when the
-  work the fair queue would run before the job's last part is longer than the waiting
-  budget — mostly the client's own backlog, or everyone's. The budget is the SLO minus the
-  measured time a served request spends outside the queue (``observe_service``, a
-  mean + 3 × mean-absolute-deviation EWMA), so it shrinks when the event loop is saturated
-  and grows back when it is not. A client with nothing queued or running is not charged
-  for another client's batch already running (it cannot be pre-empted; the fair queue puts
-  the newcomer next).
+  work the fair queue would run before the job's last part, plus the job's own cost, is
+  longer than the budget — mostly the client's own backlog while others wait, or everyone's.
+  The budget is the SLO minus the measured time a served request spends in the server
+  beyond its wait in the queue and its own estimated cost (``observe_service``, a mean + 3 ×
+  mean-absolute-deviation EWMA): HTTP work, loop lag and the batch-mates it waited for, so it
+  shrinks when the event loop is saturated or batches grow, and grows back when they do not. A
+  client with nothing queued or running is not charged for another client's batch already
+  running (it cannot be pre-empted; the fair queue puts the newcomer next).
 
 The worker takes parts by tag up to the batch limits (waiting at most ``max_wait_s`` for
 more), skips jobs whose requester has gone (cancelled futures), runs the batch function
@@ -69,8 +70,8 @@ class Ticket:
 
     client: str = ""
     queue_s: Optional[float] = None  # set by the worker when the job's first part starts
-    batch_s: float = 0.0  # time of the batches its parts rode in (set by the worker)
     counts: Optional[list[int]] = None  # tokens per query, as the edge counted them for admission
+    cost_s: float = 0.0  # the job's own estimated encoder time when admitted
     batcher: Optional["Batcher"] = None  # the batcher the job went to (for observe_service)
 
 
@@ -85,7 +86,6 @@ class Job:
     client: str = ""
     ticket: Optional[Ticket] = None
     parts_left: int = 0
-    deadline: float = float("inf")  # when it should be done (admission's promise); batches keep it
     results: list = field(default_factory=list)
     failed: Optional[BaseException] = None
 
@@ -202,8 +202,8 @@ class Batcher:
 
     def budget_s(self) -> float:
         """How long a job may wait: fixed; or, derived, the SLO minus the measured time a
-        request spends in the server outside the queue and its batches (parsing, the event
-        loop, the response): then the job's own cost counts against it too."""
+        request spends in the server beyond its queue wait and own cost (``observe_service``):
+        then the job's own cost counts against it too."""
         if self.fixed_budget_s is not None:
             return self.fixed_budget_s
         if not self.slo_s:
@@ -211,8 +211,8 @@ class Batcher:
         return max(0.0, self.slo_s - (self._service_mean + 3.0 * self._service_dev))
 
     def observe_service(self, seconds: float) -> None:
-        """A served request's time in the server outside the queue and its batches (the
-        edge reports it: HTTP parsing, validation, hand-overs, the response, loop lag)."""
+        """A served request's time in the server beyond its queue wait and its own estimated
+        cost (the edge reports it: HTTP work, hand-overs, loop lag, its batch-mates' encoding)."""
         if self._service_mean == 0.0:
             self._service_mean = seconds
             return
@@ -347,10 +347,9 @@ class Batcher:
             refusal = self._refusal(job.client, counts, count)
             if refusal is not None:
                 raise refusal
-            job.enqueued = now = self.clock()
-            if self.fixed_budget_s or (self.fixed_budget_s is None and self.slo_s):
-                cost = self.cost_units(counts) * self.cost_per_unit
-                job.deadline = now + (self.budget_s() if self.fixed_budget_s is None else self.fixed_budget_s + cost)
+            job.enqueued = self.clock()
+            if job.ticket is not None:
+                job.ticket.cost_s = self.cost_units(counts) * self.cost_per_unit
             parts = self._parts(job, counts)
             job.parts_left = len(parts)
             job.results = [None] * len(parts)
@@ -396,8 +395,6 @@ class Batcher:
                 self._cond.wait()
             batch = [self._pop()]
             size, longest = batch[0].size, batch[0].longest
-            units, due = batch[0].units, batch[0].job.deadline
-            start = self.clock()
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_batch:
                 if self._heap:
@@ -405,12 +402,6 @@ class Batcher:
                     if size + nxt.size > self.max_batch or (
                             self.max_batch_tokens and (size + nxt.size) * max(longest, nxt.longest) > self.max_batch_tokens):
                         break
-                    # Every job of a batch waits for the whole batch: a later job joins only if
-                    # the batch still ends by the earliest deadline in it (else it goes next).
-                    if start + (units + nxt.units) * self.cost_per_unit > min(due, nxt.job.deadline):
-                        break
-                    units += nxt.units
-                    due = min(due, nxt.job.deadline)
                     part = self._pop()
                     batch.append(part)
                     size += part.size
@@ -470,11 +461,7 @@ class Batcher:
             except BaseException as exc:  # resolve every waiter, never kill the worker
                 log.error("the %s batch of %d jobs failed", self.name, len(live), exc_info=exc)
                 results, error = None, exc
-            took = time.perf_counter() - t0
-            cost = took / max(1, units)
-            for part in live:
-                if part.job.ticket is not None:
-                    part.job.ticket.batch_s += took
+            cost = (time.perf_counter() - t0) / max(1, units)
             with self._cond:
                 self._busy_until, self._running_clients = 0.0, frozenset()
                 self.cost_per_unit = cost if not self.cost_per_unit else 0.8 * self.cost_per_unit + 0.2 * cost
