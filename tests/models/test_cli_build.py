@@ -20,3 +20,14 @@ def test_the_student_option_overrides_only_the_profiles_student():
     assert l3.student == "mpnet-l3" and full.student == "mpnet-l2"
     assert l3.distill_phases == full.distill_phases and l3.distill_minutes == full.distill_minutes
     assert get_profile("full", student=None) == full
+
+
+def test_a_student_of_another_family_brings_its_family_recipe():
+    demo = get_profile("demo")
+    assert demo.student == "static" and demo.distill_phases == ("2", "3") and demo.distill_extra_web > 0
+    cut = get_profile("demo", student="mpnet-l2")
+    # the transformer's demo recipe: phase 3 alone, 500 steps, no extra phase-2 texts to encode
+    assert cut.distill_phases == ("3",) and cut.distill_steps == (0, 500) and cut.distill_extra_web == 0
+    assert get_profile("demo", student="static-head").distill_phases == demo.distill_phases
+    # what the caller sets still wins over the family's recipe
+    assert get_profile("demo", student="mpnet-l2", distill_steps=(0, 7)).distill_steps == (0, 7)
