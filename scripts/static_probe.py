@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--phases", default="2,3")
     parser.add_argument("--steps2", type=int, default=1500)
     parser.add_argument("--steps3", type=int, default=600)
-    parser.add_argument("--lr2", type=float, default=5e-3)
-    parser.add_argument("--lr3", type=float, default=2e-3)
+    parser.add_argument("--lr2", type=float, default=None, help="default: the family's (models/distill/recipes.py)")
+    parser.add_argument("--lr3", type=float, default=None)
     parser.add_argument("--anchor", type=float, default=0.0)
     parser.add_argument("--kl3", type=float, default=1.0)
     parser.add_argument("--l2-share", type=float, default=1.0)
@@ -70,8 +70,9 @@ def main() -> None:
         done = {"checkpoint": args.checkpoint}
     else:
         done = run_phases(args.student, data, out_root, tuple(args.phases.split(",")),
-                          phase2={"max_steps": args.steps2, "lr": args.lr2, **common},
-                          phase3={"max_steps": args.steps3, "lr": args.lr3, "kl_weight": args.kl3, "l2_weight": args.l2_share,
+                          phase2={"max_steps": args.steps2, **({"lr": args.lr2} if args.lr2 else {}), **common},
+                          phase3={"max_steps": args.steps3, **({"lr": args.lr3} if args.lr3 else {}),
+                                  "kl_weight": args.kl3, "l2_weight": args.l2_share,
                                   "hard_negatives": args.hard_negatives, **({"init": str(args.init)} if args.init else {}),
                                   **common}, threads=args.threads)
     train_s = time.perf_counter() - t0
