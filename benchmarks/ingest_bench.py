@@ -16,7 +16,8 @@ and the teacher's encode time per change from ``hlm_ingest_encode_seconds``.
 
 ``--isolate`` measures in process instead, without HTTP, the event loop or other clients, what
 each half of ingest costs a stream of student queries (encode + search, ``--rate`` a second):
-graph writes alone (a pre-encoded 16-keyword change every 0.5 s through ``HnswIndex.apply``),
+graph writes alone (a pre-encoded 16-keyword change every 0.5 s through ``HnswIndex.apply``, one
+graph and double-buffered),
 and teacher encoding alone in a thread at niceness 10 and at 0.
 """
 
@@ -142,7 +143,11 @@ def isolate(artifact: Path, seconds: float, rate: float) -> dict:
 
     manifest = json.loads((artifact / "manifest.json").read_text())
     idx, enc = manifest["index"], manifest["encoders"]
-    index = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64))
+    def open_index(double_buffer: bool) -> HnswIndex:
+        return HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
+                         double_buffer=double_buffer)
+
+    index = open_index(False)
     student_file = enc["student"].get("onnx_int8") or enc["student"]["onnx"]
     student = OnnxEncoder(artifact / student_file, artifact / enc["student"]["tokenizer"], 128, threads=1)
     teacher = OnnxEncoder(artifact / enc["teacher"]["onnx"], artifact / enc["teacher"]["tokenizer"], 128, threads=1)
@@ -187,7 +192,10 @@ def isolate(artifact: Path, seconds: float, rate: float) -> dict:
                 n += 1
         return work
 
-    out = {"alone": stream(), "graph_writes": with_background(writes), "alone_again": stream()}
+    out = {"alone": stream(), "graph_writes_one_graph": with_background(writes)}
+    index = open_index(True)
+    out["graph_writes_double_buffer"] = with_background(writes)
+    out["alone_again"] = stream()
     for niceness in (10, 0):
         out[f"teacher_encoding_niceness_{niceness}"] = with_background(encoding(niceness))
     return out

@@ -44,7 +44,8 @@ def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int
     idx = manifest["index"]
     if settings.index_backend != "milvus":
         return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef,
-                         attributes_path=root / idx["attributes"] if idx.get("attributes") else None)
+                         attributes_path=root / idx["attributes"] if idx.get("attributes") else None,
+                         double_buffer=settings.state_dir is not None and settings.index_double_buffer)
     from retrieval.milvus import MilvusIndex  # pymilvus is the optional extra "scale"
 
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""

@@ -47,14 +47,19 @@ def teacher(artifact):
     return OnnxEncoder(root / spec["onnx"], root / spec["tokenizer"], int(spec.get("max_length") or 128), threads=1)
 
 
-def open_index(artifact) -> HnswIndex:
+def open_index(artifact, double_buffer: bool = False) -> HnswIndex:
     root, manifest = artifact
     idx = manifest["index"]
-    return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64))
+    return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
+                     double_buffer=double_buffer)
 
 
-def test_deletes_adds_and_filters_on_the_real_index(artifact, teacher):
-    index = open_index(artifact)
+BOTH = pytest.mark.parametrize("double_buffer", [False, True], ids=["one-graph", "double-buffer"])
+
+
+@BOTH
+def test_deletes_adds_and_filters_on_the_real_index(artifact, teacher, double_buffer):
+    index = open_index(artifact, double_buffer)
     ids = [kid for kid, _, _ in index.keywords()]
     rng = random.Random(7)
     gone = set(rng.sample(ids, len(ids) // 10))
@@ -103,8 +108,9 @@ def test_deletes_adds_and_filters_on_the_real_index(artifact, teacher):
                 assert len(set(got)) == len(got)
 
 
-def test_an_upsert_of_an_existing_id_replaces_it_and_slots_are_reused(artifact, teacher):
-    index = open_index(artifact)
+@BOTH
+def test_an_upsert_of_an_existing_id_replaces_it_and_slots_are_reused(artifact, teacher, double_buffer):
+    index = open_index(artifact, double_buffer)
     capacity = index.graph.get_max_elements()
     texts = phrases(30, seed=3)
     vectors = encode_texts(teacher, texts)
@@ -193,3 +199,41 @@ def test_a_swap_hands_the_live_set_over_and_writes_wait_for_the_verdict(artifact
         live.close()
 
     asyncio.run(scenario())
+
+
+def test_searches_beside_a_writer_see_whole_changes_only(artifact, teacher):
+    """Searches from two threads while changes of 8 keywords go in, each change one upsert
+    "group": a search that sees any keyword of a group sees it with all of its group's (k = 40
+    over a filter that only the groups match), in both write modes."""
+    import threading
+
+    texts = phrases(8, seed=9)
+    vectors = encode_texts(teacher, texts)
+    for double_buffer in (False, True):
+        index = open_index(artifact, double_buffer)
+        errors: list = []
+        stop = threading.Event()
+
+        def searching() -> None:
+            try:
+                while not stop.is_set():
+                    (row,) = index.search(vectors[:1], SearchParams(40, filter={"kind": "group"}))
+                    groups: dict = {}
+                    for hit in row:
+                        groups.setdefault(hit.id.split(":")[1], set()).add(hit.id)
+                    for name, members in groups.items():
+                        assert len(members) == 8 or len(row) == 40, (name, members)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=searching) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for g in range(12):
+            index.apply([f"grp:{g - 2}:{j}" for j in range(8)] if g >= 2 else [],
+                        [f"grp:{g}:{j}" for j in range(8)], vectors, texts, [{"kind": "group"}] * 8)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert len(index) == 500 + 16
