@@ -1,5 +1,5 @@
 """Stage shares from py-spy raw (collapsed) stacks: per thread, first matching rule wins (innermost-first)."""
-import collections, re, sys
+import collections, sys
 RULES = [  # (stage, substring of a frame), checked from the innermost frame outwards
     ("metrics", "prometheus_client"), ("metrics", "_observe (service/middleware"), ("metrics", "observe_service"),
     ("tokenisation (admission)", "estimate (service/batcher"), ("tokenisation (admission)", "token_counter"),

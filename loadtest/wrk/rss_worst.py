@@ -1,5 +1,5 @@
 """RSS of a server before and after the worst requests the limits allow (demo artifact)."""
-import json, subprocess, sys, time, os, signal
+import json, subprocess, sys, time, signal
 import httpx
 repo, port = sys.argv[1], int(sys.argv[2])
 proc = subprocess.Popen([sys.executable, "-c", "from hlm.cli import app; app()", "serve", "--artifact",

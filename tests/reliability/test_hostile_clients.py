@@ -9,7 +9,6 @@ SLO is served. Counts and outcomes only: nothing here asserts how fast anything 
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from service.batcher import QUERY_TOKENS, REQUEST, Batcher, Ticket, join_answers, split_texts, token_counter
+from service.batcher import REQUEST, Batcher, Ticket, join_answers, split_texts, token_counter
 from service.errors import Refusal, refusal_error
 from service.metrics import Metrics
 
