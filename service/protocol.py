@@ -23,6 +23,23 @@ from artifact.text import normalise_text
 EncoderName = Literal["student", "teacher"]
 
 
+def clean_texts(raw: list[str], field: str, limits, single: bool | None = None) -> list[str]:
+    """Every text normalised (``artifact/text.py``) and checked against the character limit; a
+    text left empty is refused. ``field`` names it in the sentence (``queries[2]``, or the bare
+    field name when it was a single string)."""
+    single = len(raw) == 1 and field == "query" if single is None else single
+    cleaned = []
+    for i, text in enumerate(raw):
+        where = field if single else f"{field}[{i}]"
+        if limits and len(text) > limits.max_query_chars:
+            raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
+        text = normalise_text(text)
+        if not text:
+            raise ValueError(f"{where} is empty or whitespace only")
+        cleaned.append(text)
+    return cleaned
+
+
 def _limits(info: ValidationInfo):
     return info.context.get("settings") if info.context else None
 
@@ -50,18 +67,8 @@ class _QueriesIn(BaseModel):
     def _one_of(self, info: ValidationInfo):
         if (self.query is None) == (self.queries is None):
             raise ValueError("give exactly one of `query` or `queries`")
-        limits = _limits(info)
         raw = [self.query] if self.query is not None else self.queries
-        cleaned = []
-        for i, text in enumerate(raw):
-            where = "query" if self.query is not None else f"queries[{i}]"
-            if limits and len(text) > limits.max_query_chars:
-                raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
-            text = normalise_text(text)
-            if not text:
-                raise ValueError(f"{where} is empty or whitespace only")
-            cleaned.append(text)
-        self._texts = cleaned
+        self._texts = clean_texts(raw, "query" if self.query is not None else "queries", _limits(info))
         return self
 
     @property
@@ -284,16 +291,7 @@ class EmbeddingsRequest(BaseModel):
         limits = _limits(info)
         if limits and len(raw) > limits.max_queries:
             raise ValueError(f"at most {limits.max_queries} inputs per request, got {len(raw)}")
-        cleaned = []
-        for i, text in enumerate(raw):
-            where = "input" if isinstance(self.input, str) else f"input[{i}]"
-            if limits and len(text) > limits.max_query_chars:
-                raise ValueError(f"{where} has {len(text)} characters, more than the limit of {limits.max_query_chars}")
-            text = normalise_text(text)
-            if not text:
-                raise ValueError(f"{where} is empty or whitespace only")
-            cleaned.append(text)
-        self._texts = cleaned
+        self._texts = clean_texts(raw, "input", limits, single=isinstance(self.input, str))
         return self
 
     @property

@@ -142,9 +142,10 @@ def check_batching(runtime, encoder, specs, data, tol):
         alone = run(runtime, encoder, [specs[i]])[0]
         for other in (together[i], shuffled[pos]):
             assert other.truncated == alone.truncated
-            np.testing.assert_allclose(other.scores, alone.scores, atol=tol)
-            assert len(other.labels) == len(alone.labels) == len(specs[i][0])
-            for a, b in zip(other.labels, alone.labels):
+            assert len(other.hits) == len(alone.hits) == len(specs[i][0])
+            np.testing.assert_allclose([[h.score for h in row] for row in other.hits],
+                                       [[h.score for h in row] for row in alone.hits], atol=tol)
+            for a, b in zip([[h.id for h in row] for row in other.hits], [[h.id for h in row] for row in alone.hits]):
                 # Same keywords in the same order, up to ties within the tolerance.
                 if a != b:
                     assert tol and set(a) == set(b), (a, b)
@@ -166,4 +167,4 @@ def test_teacher_answers_do_not_depend_on_the_batch(runtime, specs, data):
 
 def test_a_10k_character_query_is_answered_truncated(runtime):
     (answer,) = run(runtime, "student", [(["cordless drill " * 700], 5, 0)])
-    assert answer.truncated == [True] and len(answer.labels[0]) == 5
+    assert answer.truncated == [True] and len(answer.hits[0]) == 5
