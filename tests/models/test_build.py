@@ -36,7 +36,7 @@ def test_artifact_verifies_and_describes_itself(small_artifact):
 
 def test_teacher_finds_each_keyword_itself(small_artifact):
     teacher, index = open_encoder(small_artifact, "teacher"), open_index(small_artifact)
-    texts = index.texts[::25]
+    texts = [text for _, text, _ in index.keywords()][::25]
     hits = index.search(teacher.encode(texts).vectors, SearchParams(k=1))
     assert [h[0].text for h in hits] == texts
     assert all(h[0].score > 0.99 for h in hits)
