@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from models import data as data_mod
     from models.distill.prepare import train_queries
     from models.distill.teacher_vectors import TeacherVectors
-    from models.evaluate import JudgedEval, judged_queries
+    from models.eval.judged import JudgedEval, judged_queries
     from models.export import quantize_int8_static
 
     root = args.artifact

@@ -111,7 +111,7 @@ def eval_cmd(
     threads: int = typer.Option(2),
 ) -> None:
     """Score teacher, raw MiniLM and students on the judged dev split (and web agreement)."""
-    from models.distill.report import evaluate_all
+    from models.eval.report import evaluate_all
 
     evaluate_all(checkpoints or [], artifact, out, limit, threads, onnx_dirs=onnx_dir, teacher_folder=teacher)
 

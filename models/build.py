@@ -4,16 +4,16 @@ Steps, each timed and each resumable through the embedding cache (a killed build
 at most one uncommitted chunk of encoding; the artifact folder itself appears only when
 complete, see ``manifest.staged_folder``):
 
-1. inputs    read the keyword corpus and the queries; split queries by hash (train/dev)
+1. inputs    the keyword corpus and the query sets (models/inputs.py); split queries by hash
    phase1    (profiles with phase "1") fine-tune the teacher on judged train pairs and
              keep it only if its dev nDCG@10 beats the packaged teacher's
 2. teacher   export the teacher to ONNX; encode keywords and queries (cached)
 3. index     hnswlib graph over the keyword vectors + the keyword store
-4. student   MiniLM-L6 + 384->768 projection: closed-form fit, or the trained student
-             produced by ``hlm distill`` when ``student_checkpoint`` is given
-5. export    student fp32 + int8 ONNX, tokenizers, parity against PyTorch
+4. student   the profile's student trained in the build (phases 2/3, models/distill), the
+             one ``student_checkpoint`` names, or MiniLM-L6 + a closed-form 384->768 fit
+5. export    student fp32 ONNX (+ dynamic int8 for transformers), tokenizers, parity
 6. eval      student vs teacher on held-out queries; index recall against exact search
-7. gate      judged dev nDCG@10 of the student against the teacher's (models/gate.py)
+7. gate      judged dev nDCG@10 of the student against the teacher's (models/eval/gate.py)
 8. manifest  sha256 of every file, servable flag from the gate; rename into place
 """
 
@@ -23,7 +23,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,92 +31,12 @@ import numpy as np
 
 from models import data as data_mod
 from models.embedding_cache import EmbeddingCache, cached_encode, model_key
-from artifact.manifest import sha256_file, staged_folder, verify, write_manifest
+from artifact.manifest import staged_folder, verify, write_manifest
 from models.model_files import STUDENT_BASE_NAME, TEACHER_NAME, student_base_dir
+from models.inputs import Inputs, extra_training_texts, select_inputs
 from models.profiles import Profile
-from models.splits import split_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Inputs:
-    keyword_ids: list[str]
-    keyword_texts: list[str]
-    fit_queries: list[str]
-    heldout_queries: list[str]
-    sources: list[dict]
-    reports: list[str] = field(default_factory=list)
-
-
-def select_inputs(profile: Profile, directory: Path | None = None) -> Inputs:
-    """The keyword corpus (product titles + web-query keywords) and the query sets.
-
-    Ids are prefixed by source ("hd:", "mq:") so they stay unique and stable across files.
-    Fit queries come from the train split only, held-out queries from the dev split only.
-    """
-    directory = directory or data_mod.data_dir()
-    products = _select_products(profile, directory)
-    topics = data_mod.load_sample("topics", profile.topics, directory)
-    msmarco = data_mod.load_sample("msmarco", None, directory)
-    judged = data_mod.load_sample_judgments(directory)
-
-    ids = [f"hd:{i}" for i in products.ids] + [f"mq:{i}" for i in topics.ids]
-    texts = products.texts + topics.texts
-    seen, keep = set(), []
-    for i, text in enumerate(texts):  # a topic may repeat a title verbatim
-        if text not in seen:
-            seen.add(text)
-            keep.append(i)
-    ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
-
-    train = [q for q in judged.queries if split_of(q) == "train"]
-    web_train = [q for q in msmarco.texts if split_of(q) == "train"]
-    fit = _interleave(train, web_train, profile.fit_queries)
-    dev = [q for q in judged.queries if split_of(q) == "dev"]
-    web_dev = [q for q in msmarco.texts if split_of(q) == "dev"]
-    heldout = _interleave(dev, web_dev, profile.heldout_queries)
-
-    sources = [
-        {"path": str(t.report.path), "rows": t.report.kept, "sha256": sha256_file(t.report.path)}
-        for t in (products, topics)
-    ]
-    reports = [t.report.summary() for t in (products, topics, msmarco)] + [judged.report.summary()]
-    return Inputs(ids, texts, fit, heldout, sources, reports)
-
-
-def _select_products(profile: Profile, directory: Path) -> data_mod.TextTable:
-    if profile.product_selection == "file":
-        return data_mod.load_sample("products", profile.products, directory)
-    table = data_mod.load_sample("products", None, directory)
-    judged = data_mod.load_sample_judgments(directory)
-    train = [q for q in judged.queries if split_of(q) == "train"][: profile.judged_train_queries]
-    dev = [q for q in judged.queries if split_of(q) == "dev"][: profile.gate_queries]
-    wanted = list(dict.fromkeys(d for q in train + dev for d in judged.by_query[q]))
-    row_of = {pid: i for i, pid in enumerate(table.ids)}
-    rows = [row_of[d] for d in wanted if d in row_of]
-    chosen = set(rows)
-    rows += [i for i in range(len(table.ids)) if i not in chosen][: max(0, (profile.products or 0) - len(rows))]
-    if profile.products is not None:
-        rows = rows[: max(profile.products, 0)]
-    table.ids = [table.ids[i] for i in rows]
-    table.texts = [table.texts[i] for i in rows]
-    table.report.notes.append(f"{len(rows)} titles chosen: judged products of {len(train)} train and {len(dev)} dev queries first")
-    return table
-
-
-def _interleave(a: list[str], b: list[str], limit: int | None) -> list[str]:
-    out, seen = [], set()
-    for pair in zip(a, b):
-        for q in pair:
-            if q not in seen:
-                seen.add(q)
-                out.append(q)
-    for q in a[len(b) :] + b[len(a) :]:
-        if q not in seen:
-            seen.add(q)
-            out.append(q)
-    return out[:limit] if limit is not None else out
 
 
 class Timer:
@@ -319,17 +239,6 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     return done.get("phase3") or done["phase2"]
 
 
-def extra_training_texts(profile: Profile) -> list[str]:
-    """The profile's extra phase-2 texts: train-split MS MARCO queries and Million Query topics."""
-    from models.distill.prepare import train_queries
-
-    extra = train_queries()[1][: profile.distill_extra_web] if profile.distill_extra_web else []
-    if profile.distill_extra_topics:
-        topics = data_mod.load_sample("topics").texts
-        extra += [t for t in topics if split_of(t) == "train"][: profile.distill_extra_topics]
-    return extra
-
-
 def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, threads):
     """The student slot: a trained checkpoint if given, else the closed-form linear fit.
 
@@ -374,8 +283,8 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
 
 def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
     """Score teacher and (int8, the served precision) student on judged dev queries."""
-    from models.evaluate import JudgedEval, judged_queries
-    from models.gate import check_gate
+    from models.eval.judged import JudgedEval, judged_queries
+    from models.eval.gate import check_gate
 
     products = data_mod.load_sample("products")
     title_of = dict(zip(products.ids, products.texts))
@@ -393,7 +302,7 @@ def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
 
 def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
     from retrieval.exact import exact_top_k
-    from models.metrics import overlap_at_k
+    from models.eval.metrics import overlap_at_k
 
     k = min(10, len(keyword_vectors))
     teacher_top = exact_top_k(keyword_vectors, teacher_vectors, k)

@@ -17,10 +17,3 @@ def split_of(query: str) -> str:
     digest = hashlib.sha256(f"{SPLIT_SALT}\0{query}".encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") / 2**64
     return "dev" if bucket < DEV_SHARE else "train"
-
-
-def partition(queries) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"train": [], "dev": []}
-    for query in queries:
-        out[split_of(query)].append(query)
-    return out

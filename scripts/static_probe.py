@@ -41,12 +41,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from models import data as data_mod
-    from models.build import extra_training_texts, select_inputs
+    from models.inputs import extra_training_texts, select_inputs
     from models.distill.pipeline import run_phases, torch_encoder
     from models.distill.prepare import build_training_data
     from models.distill.students import get_spec, tokenizer_name
     from models.distill.teacher_vectors import TeacherVectors
-    from models.evaluate import JudgedEval, judged_queries
+    from models.eval.judged import JudgedEval, judged_queries
     from models.profiles import get_profile
 
     profile = get_profile("demo")

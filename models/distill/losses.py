@@ -7,8 +7,6 @@
 - ``ranking_kl``: KL divergence between the teacher's and the student's score
   distributions over a candidate set (the teacher's top keywords plus negatives): trains
   the student to rank the way the teacher does, which is what overlap@k measures.
-- ``margin_mse``: the student's score margins (positive minus each negative) matched to
-  the teacher's.
 """
 
 from __future__ import annotations
@@ -58,15 +56,3 @@ def ranking_kl(
     return F.kl_div(
         F.log_softmax(student_scores, dim=-1), F.log_softmax(teacher_scores, dim=-1), log_target=True, reduction="batchmean"
     )
-
-
-def margin_mse(
-    student_queries: torch.Tensor,
-    teacher_queries: torch.Tensor,
-    positives: torch.Tensor,
-    negatives: torch.Tensor,
-) -> torch.Tensor:
-    """positives [B, d], negatives [B, N, d]: (s(q,p) - s(q,n)) matched to the teacher's."""
-    s_margin = (student_queries * positives).sum(-1, keepdim=True) - torch.einsum("bd,bnd->bn", student_queries, negatives)
-    t_margin = (teacher_queries * positives).sum(-1, keepdim=True) - torch.einsum("bd,bnd->bn", teacher_queries, negatives)
-    return F.mse_loss(s_margin, t_margin)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from models import data as data_mod
 from artifact.manifest import sha256_file, staged_folder
-from models.metrics import RELEVANT
+from models.eval.metrics import RELEVANT
 from models.splits import split_of
 
 
@@ -180,7 +180,7 @@ def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limi
     Written to ``<folder>/../judgement.json`` and read back on reruns.
     """
     from models.distill.teacher_vectors import TeacherVectors
-    from models.evaluate import JudgedEval, judged_queries
+    from models.eval.judged import JudgedEval, judged_queries
 
     path = Path(folder).parent / "judgement.json"
     marker = (Path(folder) / ".complete").read_text().strip()

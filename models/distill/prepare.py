@@ -14,7 +14,7 @@ from models import data as data_mod
 from models.distill.teacher_vectors import TeacherVectors
 from models.distill.train import TrainingData
 from retrieval.exact import exact_top_k
-from models.metrics import RELEVANT
+from models.eval.metrics import RELEVANT
 from models.splits import split_of
 
 

@@ -44,7 +44,7 @@ def test_teacher_finds_each_keyword_itself(small_artifact):
 
 def heldout(data_dir) -> list[str]:
     """The build's held-out queries (dev split), chosen again the way the build chose them."""
-    from models.build import select_inputs
+    from models.inputs import select_inputs
     from models.profiles import get_profile
 
     return select_inputs(get_profile("small"), data_dir).heldout_queries
@@ -62,7 +62,7 @@ def keyword_vectors(root) -> np.ndarray:
 
 def test_student_agrees_with_teacher_far_above_chance(small_artifact, data_dir):
     """Recomputed here from the encoders and the stored vectors, not read from eval.json."""
-    from models.metrics import overlap_at_k
+    from models.eval.metrics import overlap_at_k
     from retrieval.exact import exact_top_k
 
     report = json.loads((small_artifact / "eval.json").read_text())

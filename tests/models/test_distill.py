@@ -1,7 +1,6 @@
 """The training phases on a small real slice: no dev leakage, learning happens, and a
 trained (or pruned) student exports to ONNX and matches its PyTorch output."""
 
-import numpy as np
 import pytest
 import torch
 

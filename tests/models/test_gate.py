@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models.gate import check_gate
+from models.eval.gate import check_gate
 
 
 def test_gate_passes_at_the_share():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.distill.losses import info_nce, l2_loss, margin_mse, ranking_kl
+from models.distill.losses import info_nce, l2_loss, ranking_kl
 
 
 def unit(*rows):
@@ -45,12 +45,3 @@ def test_ranking_kl_zero_when_student_ranks_like_teacher_and_positive_otherwise(
     teacher = unit([1.0, 0.2])
     assert ranking_kl(teacher, teacher, cands).item() == pytest.approx(0.0, abs=1e-6)
     assert ranking_kl(unit([0.2, 1.0]), teacher, cands).item() > 0.1
-
-
-def test_margin_mse_hand_worked():
-    s = torch.tensor([[1.0, 0.0]])
-    t = torch.tensor([[0.0, 1.0]])
-    pos = torch.tensor([[1.0, 0.0]])
-    neg = torch.tensor([[[0.0, 1.0]]])
-    # student margin 1 - 0 = 1; teacher margin 0 - 1 = -1; mse = 4
-    assert margin_mse(s, t, pos, neg).item() == pytest.approx(4.0)

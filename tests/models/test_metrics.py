@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from models.metrics import judged_precision_at_k, ndcg_at_k, overlap_at_k, recall_at_k
+from models.eval.metrics import judged_precision_at_k, ndcg_at_k, overlap_at_k, recall_at_k
 
 
 def test_ndcg_hand_worked():

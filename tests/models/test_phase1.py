@@ -12,7 +12,7 @@ from models.distill.phase1 import Phase1Config, finetune_teacher, judge, train_p
 from models.distill.students import get_spec, make_student
 from models.distill.teacher_vectors import teacher_key
 from models.encoders import load_teacher, tokenizer_path
-from models.metrics import RELEVANT
+from models.eval.metrics import RELEVANT
 from models.splits import split_of
 from retrieval.onnx_encoder import load_tokenizer
 

@@ -59,7 +59,7 @@ def cache_rows(cache: Path) -> dict[str, dict[bytes, int]]:
 
 
 def test_a_killed_build_leaves_the_old_artifact_and_the_rerun_resumes(small_artifact, data_dir, tmp_path):
-    from models.build import select_inputs
+    from models.inputs import select_inputs
     from models.profiles import get_profile
 
     out = clone_artifact(small_artifact, tmp_path / "art")

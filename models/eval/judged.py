@@ -17,7 +17,7 @@ import numpy as np
 
 from models import data as data_mod
 from retrieval.exact import exact_top_k
-from models.metrics import judged_precision_at_k, mean_defined, ndcg_at_k, overlap_at_k, recall_at_k
+from models.eval.metrics import judged_precision_at_k, mean_defined, ndcg_at_k, overlap_at_k, recall_at_k
 from models.splits import split_of
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]

@@ -14,7 +14,7 @@ from models.distill.checkpoint import load_student_checkpoint, read_spec
 from models.distill.students import tokenizer_name
 from models.distill.teacher_vectors import TeacherVectors
 from models.embedding_cache import EmbeddingCache
-from models.evaluate import agreement, judged_eval_set, markdown_table, web_dev_queries, with_ratios
+from models.eval.judged import agreement, judged_eval_set, markdown_table, web_dev_queries, with_ratios
 
 
 def raw_minilm_encoder(threads: int = 2):
@@ -70,7 +70,7 @@ def evaluate_all(
 
     # The raw MiniLM ranks in its own space: it needs its own product vectors.
     raw = raw_minilm_encoder(threads)
-    from models.evaluate import JudgedEval
+    from models.eval.judged import JudgedEval
 
     raw_set = JudgedEval(judged.queries, judged.judgments, judged.product_ids, raw(_product_texts()))
     rows["minilm_raw_own_space"] = raw_set.score(raw)

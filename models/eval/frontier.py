@@ -4,7 +4,7 @@ Inputs are files other commands already write: ``hlm eval`` (eval.json: dev nDCG
 ratios per model) and ``hlm bench-encoders --out`` (latency per encoder, same run).
 ``--pair eval_row=bench_row`` ties a model's quality row to its latency row.
 
-    python -m models.distill.frontier --eval runs/eval/x/eval.json --bench runs/bench/enc.json \\
+    python -m models.eval.frontier --eval runs/eval/x/eval.json --bench runs/bench/enc.json \\
         --pair "minilm-l6/phase3=l6_int8" --out docs/frontier.png
 """
 
