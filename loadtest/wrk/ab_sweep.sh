@@ -35,23 +35,8 @@ for v in before after; do
   for _ in $(seq 1 180); do curl -sf localhost:${port[$v]}/readyz > /dev/null && break; sleep 1; done
   WRK_BODIES=$bodies taskset -c 1 wrk -t1 -c2 -d3s -s "$here/search.lua" http://127.0.0.1:${port[$v]} > /dev/null
 done
-p99() {
-  "$py" - "$1" "$2" <<'PY'
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-def buckets(path):
-    out = {}
-    for fam in text_string_to_metric_families(open(path).read()):
-        for s in fam.samples:
-            l = s.labels
-            if s.name == "hlm_request_duration_seconds_bucket" and l.get("route") == "/v1/search" and l.get("encoder") == "student" and l.get("status") == "200":
-                out[float(l["le"])] = s.value
-    return out
-a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
-d = sorted((le, b[le] - a.get(le, 0)) for le in b)
-total = d[-1][1] if d else 0
-print(next((f"{le * 1000:g}" for le, n in d if total and n >= 0.99 * total), "nan"))
-PY
+p99() {  # server-side p99 (ms) of 200s on /v1/search for the student, from the histogram delta
+  "$py" "$here/p99.py" "$1" "$2"
 }
 for c in ${CONNS:-1 2 4 8 16 32 64}; do
   for v in before after; do
