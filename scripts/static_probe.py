@@ -27,7 +27,6 @@ def main() -> None:
     parser.add_argument("--steps3", type=int, default=600)
     parser.add_argument("--lr2", type=float, default=None, help="default: the family's (models/distill/recipes.py)")
     parser.add_argument("--lr3", type=float, default=None)
-    parser.add_argument("--anchor", type=float, default=0.0)
     parser.add_argument("--kl3", type=float, default=1.0)
     parser.add_argument("--l2-share", type=float, default=1.0)
     parser.add_argument("--extra-web", type=int, default=0, help="MS MARCO train queries added to phase 2")
@@ -61,8 +60,8 @@ def main() -> None:
                                extra_texts=inputs.fit_queries + others + extra)
     print(f"phase-2 texts {len(data.texts)}, judged pairs {len(data.pair_queries)}")
 
-    common = {"anchor_weight": args.anchor, "checkpoint_every": 10**9, "minutes": 60}
-    tag = (f"{args.student}-s{args.steps2}-{args.steps3}-lr{args.lr2}-{args.lr3}-a{args.anchor}-w{args.extra_web}"
+    common = {"checkpoint_every": 10**9, "minutes": 60}
+    tag = (f"{args.student}-s{args.steps2}-{args.steps3}-lr{args.lr2}-{args.lr3}-w{args.extra_web}"
            f"-t{args.extra_topics}-kl{args.kl3}-l{args.l2_share}-hn{args.hard_negatives}" + ("-init" if args.init else ""))
     out_root = args.out / tag
     t0 = time.perf_counter()

@@ -14,10 +14,10 @@ where word order matters least (model2vec, static-retrieval-mrl-en-v1).
   the Zipf-like down-weighting of frequent tokens itself); the tokenizer's special tokens
   (<s>, </s>, <pad>) weigh almost nothing, so they cannot dominate a short query.
 - Training: the existing phases (``models/distill/train.py``): phase 2 regresses the
-  teacher's vectors of many texts, phase 3 adds InfoNCE + ranking KL on judged pairs; an
-  anchor term keeps rows near their teacher initialisation (rare tokens seen in few
-  training texts do not drift), and validation on a held-out slice of the training texts
-  keeps the best step (the probe in issue #13 overfit after 1-2 minutes).
+  teacher's vectors of many texts, phase 3 adds InfoNCE + ranking KL on judged pairs; the
+  table takes sparse updates (a row moves only when a batch uses its token, so rare tokens
+  keep their teacher initialisation), and validation on a held-out slice of the training
+  texts keeps the best step (the probe in issue #13 overfit after 1-2 minutes).
 - Export: the same ``input_ids, attention_mask -> embedding`` ONNX signature as every
   other encoder (Gather, Mul, ReduceSum, Div, MatMul), fp32 only: there is no MatMul
   worth quantising, and fp32 is batch-invariant, so the service batches it freely.
@@ -58,8 +58,6 @@ class StaticStudent(nn.Module):
         if self.head is not None:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
-        # The starting table, for the anchor term (training only; not saved).
-        self.register_buffer("table0", self.table.weight.detach().clone(), persistent=False)
 
     @property
     def dim(self) -> int:
@@ -76,12 +74,6 @@ class StaticStudent(nn.Module):
     def sparse_parameters(self):
         """The table: a batch touches few of its rows (the trainer gives it SparseAdam)."""
         return [self.table.weight]
-
-    def anchor_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance from their teacher initialisation of the rows this batch uses
-        (the only rows a sparse step moves)."""
-        rows = torch.unique(input_ids)
-        return ((self.table(rows) - self.table0[rows]) ** 2).sum(dim=1).mean()
 
 
 def token_vectors(teacher_encoder, ids: np.ndarray, cls_id: int, sep_id: int, batch_size: int = 256,

@@ -11,8 +11,8 @@ One loop, the objective chosen by weights:
 AdamW with linear warm-up and linear decay over a step budget (seeded, so the same inputs
 give the same student on any machine); a wall-clock limit only as an upper guard, reported
 in the checkpoint (``cut_short``) when it ends a run early. Optional validation on a held-out
-slice of the training pool keeps the best step (``validate_every``). Checkpoints (model + optimizer + scheduler + step) every few hundred steps, so a
-killed run resumes where it stopped (``--resume`` is the default when the folder exists).
+slice of the training pool keeps the best step (``validate_every``). Checkpoints (model +
+optimizer + scheduler + step) every few hundred steps, so a killed run resumes where it stopped (``--resume`` is the default when the folder exists).
 """
 
 from __future__ import annotations
@@ -57,9 +57,6 @@ class TrainConfig:
     # The word-embedding table is half of MiniLM's weights: freezing it halves the
     # optimizer's work and keeps rare words (unseen in training) where pre-training put them.
     freeze_embeddings: bool = True
-    # Static students: pull the token table towards its teacher initialisation (rows of rare
-    # tokens, seen in few training texts, stay where the teacher put them).
-    anchor_weight: float = 0.0
     # Validation every this many steps on a held-out slice (by a hash of the text, so it is
     # the same slice on every run) of the pool; the best step is kept. 0 = off.
     validate_every: int = 0
@@ -218,9 +215,6 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
             candidates = doc_vectors[torch.from_numpy(data.text_candidates[rows, : config.kl_candidates])]
             losses["kl"] = ranking_kl(vectors, targets, candidates, config.kl_temperature)
             loss = loss + config.kl_weight * losses["kl"]
-        if config.anchor_weight and hasattr(model, "anchor_loss"):
-            losses["anchor"] = model.anchor_loss(ids)
-            loss = loss + config.anchor_weight * losses["anchor"]
         optimizer_step(loss, optimizer, scheduler, trainable, extra)
         step += 1
         values = {k: float(v.detach()) for k, v in losses.items()}
