@@ -10,19 +10,7 @@ artifact=$1; out=$2; before=$3; after=$4; step=${5:-8}
 here=$(cd "$(dirname "$0")" && pwd); py=$here/../../.venv/bin/python
 mkdir -p "$out"
 bodies=$out/bodies.jsonl
-[ -f "$bodies" ] || "$py" - "$bodies" <<'PY'
-import csv, json, random, sys
-rows = []
-for name in ("msmarco_queries.tsv", "homedepot_judgments.tsv"):
-    with open(f"../shared/data/{name}", encoding="utf-8") as f:
-        seen = list(dict.fromkeys(r["query"].strip() for r in csv.DictReader(f, delimiter="\t") if r["query"].strip()))
-    random.Random(0).shuffle(seen)
-    rows += seen[:1000]
-random.Random(1).shuffle(rows)
-with open(sys.argv[1], "w") as f:
-    for q in rows:
-        f.write(json.dumps({"query": q, "k": 10}) + "\n")
-PY
+[ -f "$bodies" ] || "$py" "$here/bodies.py" "$bodies"
 declare -A port pid
 for v in before after; do
   repo=$before; [ $v = after ] && repo=$after

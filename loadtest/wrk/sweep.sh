@@ -7,19 +7,7 @@ set -euo pipefail
 artifact=$1; out=$2; repo=${3:-$PWD}; step=${4:-10}
 here=$(cd "$(dirname "$0")" && pwd); py=$here/../../.venv/bin/python
 mkdir -p "$out"
-[ -f "$out/bodies.jsonl" ] || "$py" - "$out/bodies.jsonl" <<'PY'
-import csv, json, random, sys
-rows = []
-for name, col in (("msmarco_queries.tsv", "query"), ("homedepot_judgments.tsv", "query")):
-    with open(f"../shared/data/{name}", encoding="utf-8") as f:
-        seen = list(dict.fromkeys(r[col].strip() for r in csv.DictReader(f, delimiter="\t") if r[col].strip()))
-    random.Random(0).shuffle(seen)
-    rows += seen[:1000]
-random.Random(1).shuffle(rows)
-with open(sys.argv[1], "w") as f:
-    for q in rows:
-        f.write(json.dumps({"query": q, "k": 10}) + "\n")
-PY
+[ -f "$out/bodies.jsonl" ] || "$py" "$here/bodies.py" "$out/bodies.jsonl"
 port=$((20000 + RANDOM % 20000))
 (cd "$repo" && exec taskset -c 0 env ${SERVER_ENV:-} "$py" -c "from hlm.cli import app; app()" serve --artifact "$artifact" --port $port) > "$out/server.log" 2>&1 &
 pid=$!
