@@ -19,12 +19,13 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from loadtest.cpus import launch_server
 
 
 def dev_pool(size: int) -> list[str]:
@@ -91,29 +92,6 @@ def _cache_counts(url: str) -> tuple[float, float]:
     return hits, misses
 
 
-def _serve(artifact: Path, port: int, cache_bytes: int, cpus: str | None) -> subprocess.Popen:
-    env = {**os.environ, "HLM_RESULT_CACHE_BYTES": str(cache_bytes), "HLM_ADMIN_TOKEN": ""}
-    env.pop("HLM_ADMIN_TOKEN")
-    cmd = [sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(artifact), "--port", str(port)]
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_ready(url: str, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become ready")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path)
@@ -132,11 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     queries = zipf_draw(dev_pool(args.pool), 200_000)
     url = f"http://127.0.0.1:{args.port}"
     runs = {"off": [], "on": []}
+    os.environ.pop("HLM_ADMIN_TOKEN", None)  # the counters are read from /metrics without a token
+    cmd = [sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(args.artifact), "--port", str(args.port)]
+    cpus = [int(c) for c in args.server_cpus.split(",")] if args.server_cpus else None
     for _ in range(args.rounds):
         for mode in ("off", "on"):
-            server = _serve(args.artifact, args.port, args.cache_bytes if mode == "on" else 0, args.server_cpus)
-            try:
-                _wait_ready(url)
+            cache = str(args.cache_bytes if mode == "on" else 0)
+            with launch_server(cmd, ready_url=url + "/readyz", cpus=cpus, env={"HLM_RESULT_CACHE_BYTES": cache}):
                 asyncio.run(_clients(url, queries[:200], 2, 2.0))  # warm the connection pool and the encoders
                 before = _cache_counts(url)
                 row = asyncio.run(_clients(url, queries, args.clients, args.seconds))
@@ -144,9 +124,6 @@ def main(argv: list[str] | None = None) -> None:
                 hits, misses = after[0] - before[0], after[1] - before[1]
                 row["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
                 runs[mode].append(row)
-            finally:
-                server.terminate()
-                server.wait(30)
     summary = {mode: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for mode, rows in runs.items()}
     meta = {"machine": platform.node(), "processor": platform.processor(), "artifact": str(args.artifact),
             "pool": args.pool, "zipf_s": 1.0, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds}
