@@ -201,12 +201,14 @@ def serve(
     port: Optional[int] = typer.Option(None, help="Port (default HLM_PORT or 8000)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="Log every request (default off, for speed)."),
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default HLM_LOG_LEVEL or info)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes, one per core (default HLM_WORKERS or 1)."),
 ) -> None:
-    """Serve the HTTP API (one process; every other setting from HLM_* variables)."""
+    """Serve the HTTP API (every other setting from HLM_* variables)."""
     from service.server import serve as run_server
     from service.settings import Settings
 
-    overrides = {"artifact_dir": artifact, "host": host, "port": port, "access_log": access_log, "log_level": log_level}
+    overrides = {"artifact_dir": artifact, "host": host, "port": port, "access_log": access_log, "log_level": log_level,
+                 "workers": workers}
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValueError as exc:

@@ -3,6 +3,7 @@
 Start-up, in the lifespan: verify the artifact (a bad one stops start-up with one
 sentence in the log), then load both encoders and the index and warm them in the
 background while /healthz already answers; /readyz turns green only after warm-up.
+(A worker of ``--workers N`` loads before it listens: service/workers.py.)
 Shut-down: the server first finishes in-flight requests, then the lifespan closes the
 batch queues, computing what is still queued (shadow jobs included).
 
@@ -46,7 +47,8 @@ class StartupAborted(Exception):
     """Start-up refused; the reason was logged as one sentence."""
 
 
-def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callable[[str], None]] = None) -> FastAPI:
+def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callable[[str], None]] = None,
+               on_ready: Optional[Callable[[], None]] = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     state = AppState()
@@ -77,6 +79,8 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         log.info("ready: %s student, %s, %d keywords, warm in %.1f s", runtime.precision,
                  ", ".join(f"{n} on {s.encoder.provider}" for n, s in runtime.slots.items()),
                  len(runtime.index), time.perf_counter() - t0)
+        if on_ready is not None:
+            on_ready()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -93,6 +97,14 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         set_build_info(metrics, runtime, routes_meta.VERSION)
         log.info("artifact %s verified (sha256 %s)", settings.artifact_dir, str(manifest.get("artifact_sha256"))[:12])
         loader = asyncio.create_task(load_in_background(runtime))
+        if settings.workers > 1:
+            # A worker of `hlm serve --workers N` takes connections only once it can answer
+            # them (uvicorn listens after this start-up): a replacement or a rolled worker
+            # never answers 503 while the others serve. Until then connections wait in the backlog.
+            await loader
+            if state.phase is Phase.FAILED:
+                state.startup_error = f"Start-up stopped: {state.detail}"
+                raise StartupAborted(state.detail)
         sighup = _install_sighup(settings, reloader)
         try:
             yield

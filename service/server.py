@@ -1,6 +1,7 @@
 """Run the app under uvicorn in this process (what ``hlm serve`` does).
 
-One worker process: the encoders' threads and the index live in it. uvicorn finishes
+One process: the encoders' threads and the index live in it. With ``--workers N`` (N > 1)
+``service.workers`` runs N of these on one socket. uvicorn finishes
 in-flight requests on SIGTERM/SIGINT before the lifespan drains the batch queues.
 Returns the process exit code: 0 after a clean shut-down, 2 when start-up was refused.
 (After a shut-down on SIGTERM uvicorn re-raises the signal, so the process then ends
@@ -12,6 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import logging.config
+import socket
+from typing import Callable, Optional
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
@@ -140,14 +144,22 @@ def protocol_for(settings: Settings) -> type:
     })
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, sockets: Optional[list[socket.socket]] = None,
+          on_ready: Optional[Callable[[], None]] = None) -> int:
+    """Serve until SIGTERM/SIGINT. ``sockets``: listen there (a worker of ``service.workers``)
+    instead of binding host:port; ``on_ready`` is called once the artifact is loaded and warm."""
+    if settings.workers > 1 and sockets is None:
+        from service.workers import serve_workers
+
+        logging.config.dictConfig(log_config(settings.log_level))
+        return serve_workers(settings)
     server: uvicorn.Server | None = None
 
     def on_fatal(reason: str) -> None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    app = create_app(settings, on_fatal=on_fatal, on_ready=on_ready)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -165,7 +177,7 @@ def serve(settings: Settings) -> int:
     )
     server = uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit:  # uvicorn's own exit on a refused start-up; the reason is logged
         pass
     state = app.state.hlm.state

@@ -122,7 +122,7 @@ class SearchService:
         self._shadow_dropped = metrics.rejected.labels("teacher", "shadow_dropped")
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin = f"Bearer {token}".encode() if token else None
-        self.stats_ring = StatsRing(metrics.request_duration)  # GET /v1/stats
+        self.stats_ring = StatsRing(metrics.request_duration_all)  # GET /v1/stats
         self.result_cache = ResultCache(settings.result_cache_bytes)
         self._cache_hit = {e: metrics.result_cache.labels(e, "hit") for e in ("student", "teacher")}
         self._cache_miss = {e: metrics.result_cache.labels(e, "miss") for e in ("student", "teacher")}

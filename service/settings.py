@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     artifact_dir: Path = Field(Path("artifacts/demo"), description="Artifact folder (manifest.json inside).")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Worker processes on one socket (service/workers.py): one per core serves both cores; each loads "
+        "the artifact (memory x N). More than 1 refuses HLM_STATE_DIR (live writes need one index).")
 
     # Search parameters a request may choose, and their bounds.
     default_k: int = Field(10, ge=1, description="k when a request names none.")

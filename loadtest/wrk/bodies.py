@@ -1,5 +1,6 @@
-"""The wrk scripts' request bodies: ``python bodies.py OUT.jsonl`` writes 1,000 MS MARCO and
-1,000 Home Depot queries (distinct, shuffled with fixed seeds) as /v1/search bodies, k = 10.
+"""The wrk scripts' request bodies: ``python bodies.py OUT.jsonl [ENCODER]`` writes 1,000 MS MARCO
+and 1,000 Home Depot queries (distinct, shuffled with fixed seeds) as /v1/search bodies, k = 10,
+for the student (default: no ``encoder`` field) or the named encoder (``teacher``).
 
 Read in place from the shared data folder (HLM_DATA_DIR, default ../shared/data); shared by
 sweep.sh and ab_sweep.sh so both sweeps send exactly the same mix.
@@ -19,6 +20,7 @@ for name in ("msmarco_queries.tsv", "homedepot_judgments.tsv"):
     random.Random(0).shuffle(seen)
     rows += seen[:1000]
 random.Random(1).shuffle(rows)
+encoder = {"encoder": sys.argv[2]} if len(sys.argv) > 2 and sys.argv[2] != "student" else {}
 with open(sys.argv[1], "w") as f:
     for q in rows:
-        f.write(json.dumps({"query": q, "k": 10}) + "\n")
+        f.write(json.dumps({"query": q, "k": 10, **encoder}) + "\n")

@@ -1,10 +1,14 @@
 """Admin routes: exist only when HLM_ADMIN_TOKEN is set, and then need it.
 
 ``POST /admin/reload`` takes no body and no parameters: it reloads the configured
-HLM_ARTIFACT_DIR (the API never reads a path from a request).
+HLM_ARTIFACT_DIR (the API never reads a path from a request). Under ``--workers N`` it asks
+the supervisor to roll every worker (SIGHUP, service/workers.py) and answers 202 at once.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
@@ -14,6 +18,7 @@ from service.live.admin import change_keywords, get_keyword
 from service.protocol import KEYWORD_ID, ErrorResponse, KeywordOut, KeywordsResponse
 from service.reload import Reloader
 from service.serving import SearchService, dumps
+from service.workers import supervisor_pid
 
 
 def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
@@ -24,6 +29,8 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
         summary="Load, verify and warm HLM_ARTIFACT_DIR again, then swap it in (no downtime)",
         responses={
             200: {"description": "The new artifact is served.", "content": {"application/json": {"schema": {"type": "object"}}}},
+            202: {"description": "Several workers: the supervisor rolls them one at a time onto the folder (its log "
+                                 "says how it went).", "content": {"application/json": {"schema": {"type": "object"}}}},
             401: {"model": ErrorResponse, "description": "Missing or wrong 'Authorization: Bearer <HLM_ADMIN_TOKEN>'."},
             409: {"model": ErrorResponse, "description": "Refused (bad artifact: the old one keeps serving), "
                                                          "already reloading, or not serving."},
@@ -37,6 +44,12 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
         service.check_admin(request)
         if await request.body():
             raise InvalidRequest("POST /admin/reload takes no body: it reloads the configured HLM_ARTIFACT_DIR.")
+        parent = supervisor_pid(service.settings)
+        if parent is not None:  # one worker must not swap alone: the supervisor replaces them all
+            os.kill(parent, signal.SIGHUP)
+            return Response(dumps({"status": "rolling", "workers": service.settings.workers, "supervisor_pid": parent,
+                                   "artifact_dir": str(service.settings.artifact_dir)}),
+                            status_code=202, media_type="application/json")
         return Response(dumps(await reloader.reload("POST /admin/reload")), media_type="application/json")
 
     @router.get("/reload", summary="Outcome of the last reload", responses={

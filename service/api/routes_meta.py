@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -38,7 +40,10 @@ def build_router(service: SearchService) -> APIRouter:
         runtime = service.state.runtime
         if runtime is None:
             return JSONResponse({"version": VERSION, "status": service.state.phase.value}, status_code=503)
-        return Response(dumps({"version": VERSION, "status": service.state.phase.value} | runtime.info()),
+        # This process's own count beside the sums of /metrics (under --workers N, which worker did what).
+        process = {"process": {"pid": os.getpid(), "workers": service.settings.workers,
+                               "queries": service.metrics.own_queries()}}
+        return Response(dumps({"version": VERSION, "status": service.state.phase.value} | runtime.info() | process),
                         media_type="application/json")
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True,

@@ -1,0 +1,183 @@
+"""`hlm serve --workers 2`: two processes on one port, metrics that add up across them, a
+worker that dies replaced, a reload that rolls every worker, refusals that stop them all.
+
+Which worker answers is the kernel's choice, so the tests open a fresh connection per
+request and identify the worker by the pid /v1/info reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from http_helpers import value
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+TOKEN = "workers-token"
+
+
+def fresh(srv, method: str, path: str, **kwargs) -> httpx.Response:
+    """One request on a connection of its own (a kept-alive one stays with one worker)."""
+    with httpx.Client(base_url=srv.url, timeout=60) as client:
+        return client.request(method, path, **kwargs)
+
+
+def burst(srv, method: str, path: str, bodies: list, headers=None) -> list[httpx.Response]:
+    """Requests sent at once, each on a connection of its own (reaches both workers with
+    cheap requests; not relied on for searches, whose bursts one worker tends to take whole)."""
+    async def one(body):
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+            return await client.request(method, path, json=body, headers=headers)
+
+    async def all_():
+        return await asyncio.gather(*[one(body) for body in bodies])
+
+    return asyncio.run(all_())
+
+
+def workers_seen(srv, n: int = 32) -> dict[int, dict]:
+    """pid -> its own query counts, from /v1/info answers to a burst."""
+    seen = {}
+    for r in burst(srv, "GET", "/v1/info", [None] * n, headers={"Authorization": f"Bearer {TOKEN}"}):
+        if r.status_code == 200:
+            process = r.json()["process"]
+            assert process["workers"] == 2
+            seen[process["pid"]] = process["queries"]
+    return seen
+
+
+def worker_pids(srv, rounds: int = 10) -> set[int]:
+    """The workers answering now: bursts until two pids are seen (a burst can land on one)."""
+    pids: set[int] = set()
+    for _ in range(rounds):
+        pids |= set(workers_seen(srv))
+        if len(pids) >= 2:
+            break
+    return pids
+
+
+def metrics(srv) -> dict:
+    """Like http_helpers.metrics, with the admin token /metrics then needs."""
+    r = fresh(srv, "GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"not within {timeout} s: {what}")
+
+
+@pytest.fixture(scope="module")
+def two(start_server):
+    srv = start_server(workers=2, admin_token=TOKEN, shadow_rate=0, max_queue_wait_ms=0)
+    srv.wait_for("/readyz")
+    wait_until(lambda: len(worker_pids(srv)) == 2, what="both workers answering")
+    return srv
+
+
+def test_both_workers_answer_on_one_port(two):
+    pids = worker_pids(two)
+    assert len(pids) == 2 and two.proc.pid not in pids
+    assert all(fresh(two, "POST", "/v1/search", json={"query": "cordless drill"}).status_code == 200 for _ in range(10))
+
+
+def test_metrics_add_up_across_workers(two):
+    def own() -> dict[int, float]:
+        seen = {}
+        while len(seen) < 2:
+            seen |= {pid: q["student"] for pid, q in workers_seen(two).items()}
+        return seen
+
+    own_before, before = own(), metrics(two)
+    # One connection at a time until both workers have answered some (which one accepts is
+    # the kernel's choice: usually both within a few rounds; a burst lands on one).
+    n, statuses, deltas = 0, [], {}
+    for _ in range(40):
+        statuses += [fresh(two, "POST", "/v1/search", json={"query": f"garden hose {n + j}", "k": 5}).status_code
+                     for j in range(8)]
+        n += 8
+        own_after = own()
+        deltas = {pid: own_after[pid] - own_before[pid] for pid in own_before}
+        if all(d > 0 for d in deltas.values()):
+            break
+    assert statuses == [200] * n
+    # Both workers answered some of them (else the sums below would prove nothing) ...
+    assert sum(deltas.values()) == n and all(d > 0 for d in deltas.values()), deltas
+    labels = {"route": "/v1/search", "encoder": "student", "status": "200"}
+    # ... and whichever worker answers the scrape, it counts every worker's requests (a
+    # per-worker registry would show only its own).
+    for _ in range(4):
+        after = metrics(two)
+        assert value(after, "hlm_queries_total", encoder="student") - value(before, "hlm_queries_total", encoder="student") == n
+        assert value(after, "hlm_request_duration_seconds_count", **labels) - value(
+            before, "hlm_request_duration_seconds_count", **labels) == n
+        assert value(after, "hlm_ready") == 1
+        assert any(name == "hlm_build_info" for name, _ in after)
+    stats = fresh(two, "GET", "/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert stats["status"] == "ready"
+
+
+def test_a_worker_that_dies_is_replaced(two):
+    pids = worker_pids(two)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len((now := worker_pids(two)) - {victim}) == 2 and victim not in now,
+               what="a new worker beside the survivor")
+    assert two.proc.poll() is None
+    assert f"worker {victim} died" in two.log()
+
+
+def test_reload_rolls_every_worker_onto_the_folder(two):
+    old = worker_pids(two)
+    r = fresh(two, "POST", "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 202 and r.json()["status"] == "rolling" and r.json()["supervisor_pid"] == two.proc.pid
+    failed = []
+    # Served throughout: each new worker is ready before the one it replaces stops.
+    def rolled() -> bool:
+        s = fresh(two, "POST", "/v1/search", json={"query": "patio table"})
+        if s.status_code != 200:
+            failed.append(s.status_code)
+        return "roll done: 2 workers" in two.log()
+    wait_until(rolled, what="the roll to finish")
+    assert not failed
+    new = worker_pids(two)
+    assert len(new) == 2 and not new & old
+
+
+def test_live_keyword_writes_need_one_worker(start_server, tmp_path):
+    srv = start_server(workers=2, state_dir=tmp_path / "state")
+    assert srv.proc.wait(60) == 2
+    log = srv.log()
+    assert "live keyword writes (HLM_STATE_DIR) need one worker" in log and "Traceback" not in log
+
+
+def test_an_unservable_artifact_stops_every_worker(start_server, unservable_artifact):
+    message = json.loads((unservable_artifact / "manifest.json").read_text())["gate"]["message"]
+    srv = start_server(artifact=unservable_artifact, workers=2)
+    assert srv.proc.wait(180) == 2
+    log = srv.log()
+    assert f"is marked not servable in its manifest: {message}." in log
+    assert "stopped before serving" in log and "ready:" not in log and "Traceback" not in log
+
+
+def test_sigterm_stops_every_worker_and_exits_0(two):
+    pids = worker_pids(two)
+    assert two.stop(timeout=60) == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    assert two.log().count("shut down: queues drained") >= 2
