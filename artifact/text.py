@@ -6,6 +6,7 @@ as the same string, or the student is trained on one distribution and served ano
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -21,3 +22,28 @@ def normalise_text(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+@functools.cache
+def visible_pattern() -> str:
+    """A regular expression (JSON Schema ``pattern``: found anywhere in the string) for "holds
+    at least one character ``normalise_text`` keeps": the API's schema states with it that a
+    text of only whitespace, control or invisible characters is refused. BMP ranges as
+    ``\\uXXXX`` escapes (Python and ECMA regexes agree on those), the few astral ones literal.
+    Lone surrogates are left out: they are not Unicode scalar values, so no JSON Schema string
+    holds one (and schema-driven generators drop a pattern that names them); the service
+    refuses them all the same."""
+    ranges, start = [], None
+    for code in range(0x110000 + 1):
+        ch = chr(code) if code < 0x110000 else ""
+        dropped = bool(ch) and (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf"))
+        if dropped and start is None:
+            start = code
+        elif not dropped and start is not None:
+            ranges.append((start, code - 1))
+            start = None
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return "[^" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges) + "]"

@@ -373,6 +373,16 @@ def _check_value(value: Any, where: str) -> None:
     raise ValueError(f"{where}: a value must be a string, number or boolean, not {kind}")
 
 
+def attributes_schema(most: int, *, lists: bool) -> dict:
+    """The JSON Schema of what ``check_attributes`` accepts (the API documents it with this)."""
+    scalar = {"anyOf": [{"type": "string", "maxLength": MAX_VALUE_CHARS},
+                        {"type": "integer", "minimum": -_INT64, "maximum": _INT64 - 1},
+                        {"type": "number"}, {"type": "boolean"}]}
+    value = {"anyOf": [scalar, {"type": "array", "items": scalar, "minItems": 1, "maxItems": MAX_ANY_OF}]} if lists else scalar
+    return {"type": "object", "maxProperties": most, "additionalProperties": value,
+            "propertyNames": {"pattern": f"^{ATTRIBUTE_NAME.pattern}$"}}
+
+
 def check_attributes(mapping: dict, where: str, most: int, *, lists: bool) -> None:
     """Names a bounded identifier, values scalars (a filter: or a non-empty bounded list of them)."""
     if len(mapping) > most:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from artifact.text import visible_pattern
 from service.protocol import ERROR_RESPONSES, EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 from service.serving import SearchService
 
@@ -12,6 +13,11 @@ from service.serving import SearchService
 def build_router(service: SearchService) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["openai"])
     schema = EmbeddingsRequest.model_json_schema()
+    # What is served, with this server's bounds: a text or a list of texts, none left empty by
+    # the clean-up. (Token-id arrays parse only to get a sentence saying what to send instead.)
+    text = {"type": "string", "maxLength": service.settings.max_query_chars, "pattern": visible_pattern()}
+    schema["properties"]["input"]["anyOf"] = [
+        text, {"type": "array", "items": text, "minItems": 1, "maxItems": service.settings.max_queries}]
 
     @router.post(
         "/embeddings",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.protocol import ERROR_RESPONSES, EmbedRequest, EmbedResponse, SearchRequest, SearchResponse
+from artifact.text import visible_pattern
+from service.protocol import ERROR_RESPONSES, attributes_schema, EmbedRequest, EmbedResponse, SearchRequest, SearchResponse
 from service.serving import SearchService
 
 
@@ -15,11 +16,15 @@ def _body(model, settings) -> dict:
     schema = model.model_json_schema()
     props = schema["properties"]
     bounds = {
-        "query": {"maxLength": settings.max_query_chars},
+        # pattern: a query left empty by the clean-up (artifact/text.py) is refused
+        "query": {"maxLength": settings.max_query_chars, "pattern": visible_pattern()},
         "queries": {"maxItems": settings.max_queries},
         "k": {"minimum": 1, "maximum": settings.max_k},
         "ef": {"minimum": 1, "maximum": settings.max_ef},
     }
+    if "filter" in props:  # a filter names 1 to max_attributes attributes, each as check_attributes accepts
+        props["filter"]["anyOf"] = [attributes_schema(settings.max_attributes, lists=True) | {"minProperties": 1},
+                                    {"type": "null"}]
     for name, extra in bounds.items():
         if name not in props:
             continue
@@ -27,7 +32,13 @@ def _body(model, settings) -> dict:
             if option.get("type") in ("string", "integer", "array"):
                 option.update(extra)
                 if option["type"] == "array":
-                    option["items"]["maxLength"] = settings.max_query_chars
+                    option["items"].update(maxLength=settings.max_query_chars, pattern=visible_pattern())
+    # The oneOf branches (`query` or `queries`, not null) carry the same bounds: a generator
+    # that takes a branch's property schema alone would otherwise drop them.
+    for branch in schema.get("oneOf", []):
+        for name, prop in branch.get("properties", {}).items():
+            option = next(o for o in props[name].get("anyOf", [props[name]]) if o.get("type") == prop.get("type"))
+            branch["properties"][name] = dict(option)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
