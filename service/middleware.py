@@ -78,6 +78,7 @@ class EdgeMiddleware:
         self.max_body = max_body_bytes
         self.known_paths = known_paths
         self.histogram = metrics.request_duration
+        self.held = metrics.refusals_held
         self._children: dict[tuple[str, str, str], object] = {}
         self._settings = settings  # None: the runtime's (the app factory passes none)
         self._refused: dict[tuple, float] = {}  # connection -> when its last refusal was sent (the hold)
@@ -212,6 +213,7 @@ class EdgeMiddleware:
         if len(self._refused) > 10_000:  # bounded memory: forget everyone at once (rare)
             self._refused.clear()
         if last is not None and scope["hlm.start"] - last < RETRY_GAP_S:
+            self.held.inc()
             await asyncio.sleep(hold / 1000.0)
 
     def _refusal_sent(self, scope) -> None:

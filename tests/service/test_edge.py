@@ -207,3 +207,55 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_closes_the_connection(
         assert status == 408 and headers["connection"] == "close"
         assert json.loads(data)["error"]["code"] == "body_timeout"
     assert inner.bodies == []
+
+
+def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
+    """Counted by hlm_refusals_held_total, not timed: an immediate re-send on a refused
+    connection is held; the same connection after the window, and another connection, are not."""
+    from service.middleware import RETRY_GAP_S
+
+    async def main():
+        metrics, state, inner = Metrics(), AppState(), InnerApp()
+        gate, entered = threading.Event(), threading.Event()
+        student = held_batcher("student", metrics, gate, entered)
+        loop = asyncio.get_running_loop()
+        student.start(loop)
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student)})
+        state.phase = Phase.READY
+        settings = SimpleNamespace(refusal_hold_ms=1.0, body_timeout_s=20.0, client_id_header=None, max_queries=64)
+        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
+                              known_paths={"/v1/search"}, settings=settings)
+        busy = student.submit("running")
+        await asyncio.to_thread(entered.wait, 10)
+        queued = student.submit("queued")  # the queue of one is full: every search below is refused
+
+        held = []
+
+        async def search(peer):
+            scope = {"type": "http", "method": "POST", "path": "/v1/search", "client": peer,
+                     "headers": [(b"content-type", b"application/json")]}
+            chunks = [{"type": "http.request", "body": b'{"query": "drill"}', "more_body": False}]
+            sent = []
+
+            async def receive():
+                return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            await edge(scope, receive, send)
+            held.append(metrics.registry.get_sample_value("hlm_refusals_held_total"))
+            return sent[0]["status"]
+
+        a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
+        statuses = [await search(a), await search(a)]  # first refusal at once, the re-send held
+        await asyncio.sleep(RETRY_GAP_S * 2)
+        statuses += [await search(a), await search(b)]  # past the window; another connection
+        gate.set()
+        await asyncio.gather(busy, queued)
+        await student.close()
+        return statuses, held
+
+    statuses, held = asyncio.run(asyncio.wait_for(main(), 20))
+    assert statuses == [429] * 4
+    assert held == [0, 1, 1, 1]
