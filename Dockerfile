@@ -23,6 +23,9 @@ FROM ${BASE_IMAGE} AS builder
 # onnxruntime (CPU) or onnxruntime-gpu, optionally with a version ("onnxruntime-gpu<1.24"):
 # exactly one of them ends up installed.
 ARG ORT_PACKAGE=onnxruntime
+# The pyproject extras the image installs: "serve" (hnswlib in memory), or "serve milvus" for
+# HLM_INDEX_BACKEND=milvus against a cluster (deploy/k8s/configmap.yaml).
+ARG EXTRAS="serve"
 # Optional package index overrides (a mirror, a private index); empty means PyPI.
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
@@ -61,7 +64,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
-    python3 docker/requirements.py pyproject.toml --onnxruntime "${ORT_PACKAGE}" > requirements.txt \
+    python3 docker/requirements.py pyproject.toml --onnxruntime "${ORT_PACKAGE}" --extra "${EXTRAS}" > requirements.txt \
     && cat requirements.txt \
     && PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
        /opt/venv/bin/pip wheel --wheel-dir /wheels --no-binary hnswlib -r requirements.txt \

@@ -7,7 +7,7 @@ the two must never be installed side by side, they share the ``onnxruntime`` mod
 version may come with it (``onnxruntime-gpu<1.24``, e.g. to match a CUDA 12 base image);
 without one the pyproject's bound is kept.
 
-    python3 docker/requirements.py pyproject.toml [--extra serve] [--onnxruntime onnxruntime-gpu]
+    python3 docker/requirements.py pyproject.toml [--extra "serve milvus"] [--onnxruntime onnxruntime-gpu]
 
 Standard library only (Python 3.11+ for tomllib).
 """
@@ -72,7 +72,8 @@ def serving_requirements(pyproject: dict, extras: list[str], onnxruntime: str) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", nargs="?", default="pyproject.toml")
-    parser.add_argument("--extra", action="append", default=None, help="extra to include (default: serve)")
+    parser.add_argument("--extra", action="append", default=None,
+                        help="extra(s) to include, repeated or space/comma separated (default: serve)")
     parser.add_argument(
         "--onnxruntime",
         default="onnxruntime",
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.pyproject, "rb") as fh:
         pyproject = tomllib.load(fh)
-    for requirement in serving_requirements(pyproject, args.extra or ["serve"], args.onnxruntime):
+    extras = [name for arg in args.extra or ["serve"] for name in re.split(r"[\s,]+", arg) if name]
+    for requirement in serving_requirements(pyproject, extras, args.onnxruntime):
         print(requirement)
     return 0
 

@@ -242,6 +242,19 @@ def test_image_requirements_are_the_serve_extra_with_one_onnxruntime(ort):
     assert "torch" not in names
 
 
+def test_the_milvus_image_adds_the_client_only(capsys):
+    """--build-arg EXTRAS="serve milvus" (deploy/k8s serves HLM_INDEX_BACKEND=milvus): pymilvus,
+    not milvus-lite's embedded engine, and still no torch."""
+    module = _requirements_module()
+    name = lambda r: re.match(r"[A-Za-z0-9._-]+", r).group(0).lower()  # noqa: E731
+    assert module.main([str(ROOT / "pyproject.toml"), "--extra", "serve milvus"]) == 0
+    with_milvus = {name(r) for r in capsys.readouterr().out.split()}
+    assert module.main([str(ROOT / "pyproject.toml")]) == 0
+    default = {name(r) for r in capsys.readouterr().out.split()}
+    assert with_milvus - default == {"pymilvus"}
+    assert not {"milvus-lite", "torch"} & with_milvus
+
+
 def test_image_requirements_refuse_another_package_as_onnxruntime():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     with pytest.raises(SystemExit):
