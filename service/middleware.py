@@ -45,12 +45,12 @@ from pydantic_core import from_json
 from service.batcher import REQUEST, Ticket
 from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, Refusal, ServiceError, error_body, refusal_error
 from service.protocol import SearchRequest
-from service.serving import Phase
+from service.serving import Phase, encoder_for_model
 
 log = logging.getLogger(__name__)
 
 # The routes whose requests queue on an encoder, and the encoder a body that names none gets.
-SHEDDABLE = frozenset({"/v1/search", "/v1/embed"})
+SHEDDABLE = frozenset({"/v1/search", "/v1/embed", "/v1/embeddings"})
 DEFAULT_ENCODER = SearchRequest.model_fields["encoder"].default
 # FastAPI's documentation pages load their scripts from a CDN (blank offline): not served.
 DROPPED = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -251,13 +251,20 @@ class EdgeMiddleware:
             return None
         if not isinstance(data, dict):
             return None
-        encoder = data.get("encoder", DEFAULT_ENCODER)
+        if scope["path"] == "/v1/embeddings":  # OpenAI's shape: `model` names the encoder, `input` the texts
+            model = data.get("model", DEFAULT_ENCODER)
+            encoder = encoder_for_model(runtime, model) if isinstance(model, str) else None
+            texts = data.get("input")
+            if isinstance(texts, str):
+                texts = [texts]
+        else:
+            encoder = data.get("encoder", DEFAULT_ENCODER)
+            texts = data.get("queries")
+            if texts is None:
+                texts = [data.get("query")]
         slot = runtime.slots.get(encoder) if isinstance(encoder, str) else None
         if slot is None or slot.batcher is None:
             return None
-        texts = data.get("queries")
-        if texts is None:
-            texts = [data.get("query")]
         if not isinstance(texts, list) or not texts or len(texts) > self._setting("max_queries", 64) \
                 or not all(isinstance(t, str) for t in texts):
             return None  # the route explains what is wrong with it

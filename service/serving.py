@@ -276,17 +276,12 @@ class SearchService:
 
     def encoder_for_model(self, model: str) -> str:
         """`student`/`teacher`, or the model name /v1/info lists for one of them."""
-        if model in ("student", "teacher"):
-            return model
-        runtime = self.state.runtime
-        names = {}
-        if runtime is not None:
-            for name, spec in runtime.manifest["encoders"].items():
-                if spec.get("model"):
-                    names.setdefault(spec["model"], name)
-        if model in names:
-            return names[model]
-        known = ", ".join(repr(n) for n in ["student", "teacher", *names])
+        encoder = encoder_for_model(self.state.runtime, model)
+        if encoder is not None:
+            return encoder
+        names = [spec["model"] for spec in (self.state.runtime.manifest["encoders"].values() if self.state.runtime else [])
+                 if spec.get("model")]
+        known = ", ".join(repr(n) for n in dict.fromkeys(["student", "teacher", *names]))
         raise ServiceError(f"There is no model {model!r} here; use one of {known}.", code="model_not_found",
                            status=404)
 
@@ -310,3 +305,15 @@ class SearchService:
         elif self.state.detail:
             body["detail"] = self.state.detail
         return (200 if ready else 503), body
+
+
+def encoder_for_model(runtime, model: str) -> Optional[str]:
+    """The encoder a /v1/embeddings `model` names (`student`, `teacher`, or the model name
+    /v1/info lists for one of them; the first listed wins), else None. The edge uses it too."""
+    if model in ("student", "teacher"):
+        return model
+    if runtime is not None:
+        for name, spec in runtime.manifest["encoders"].items():
+            if spec.get("model") == model:
+                return name
+    return None

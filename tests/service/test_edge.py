@@ -84,9 +84,11 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
         student.start(loop)
         teacher.start(loop)
         state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student),
-                                               "teacher": SimpleNamespace(batcher=teacher)})
+                                               "teacher": SimpleNamespace(batcher=teacher)},
+                                        manifest={"encoders": {"student": {"model": "tiny-student"},
+                                                               "teacher": {"model": "big-teacher"}}})
         edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
-                              known_paths={"/v1/search", "/v1/embed"})
+                              known_paths={"/v1/search", "/v1/embed", "/v1/embeddings"})
 
         # Not ready yet: the edge does not judge, the app answers (503 there).
         state.phase = Phase.LOADING
@@ -98,6 +100,10 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
         queued = student.submit("queued")  # fills the queue of one
         shed = await post(edge, "/v1/search", b'{"query": "drill"}')  # default encoder: student
         shed_embed = await post(edge, "/v1/embed", b'{"queries": ["drill"], "encoder": "student"}')
+        shed_openai = await post(edge, "/v1/embeddings", b'{"input": ["drill"], "model": "student"}')
+        shed_openai_name = await post(edge, "/v1/embeddings", b'{"input": "drill", "model": "tiny-student"}')
+        openai_teacher = await post(edge, "/v1/embeddings", b'{"input": "drill", "model": "teacher"}')
+        openai_unknown = await post(edge, "/v1/embeddings", b'{"input": "drill", "model": "gpt-4"}')
         to_teacher = await post(edge, "/v1/search", b'{"query": "drill", "encoder": "teacher"}')
         not_json = await post(edge, "/v1/search", b'{"query": ')
         unknown = await post(edge, "/v1/search", b'{"query": "drill", "encoder": "giant"}')
@@ -105,24 +111,28 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
         await asyncio.gather(busy, queued)
         await student.close()
         await teacher.close()
-        return metrics, inner, shed, shed_embed, to_teacher, not_json, unknown
+        return metrics, inner, shed, shed_embed, shed_openai, shed_openai_name, openai_teacher, openai_unknown, \
+            to_teacher, not_json, unknown
 
-    metrics, inner, shed, shed_embed, to_teacher, not_json, unknown = asyncio.run(asyncio.wait_for(main(), 20))
-    for status, headers, body in (shed, shed_embed):
+    (metrics, inner, shed, shed_embed, shed_openai, shed_openai_name, openai_teacher, openai_unknown,
+     to_teacher, not_json, unknown) = asyncio.run(asyncio.wait_for(main(), 20))
+    for status, headers, body in (shed, shed_embed, shed_openai, shed_openai_name):
         assert status == 429 and headers["retry-after"] == "1", (status, headers)
         error = json.loads(body)["error"]
         assert error["code"] == "queue_full" and "queue is full" in error["message"]
     # The teacher had room; bad JSON and unknown encoders are for the route to explain.
-    assert [r[0] for r in (to_teacher, not_json, unknown)] == [200, 200, 200]
-    assert inner.bodies == [b'{"query": "drill"}', b'{"query": "drill", "encoder": "teacher"}',
+    assert [r[0] for r in (to_teacher, not_json, unknown, openai_teacher, openai_unknown)] == [200] * 5
+    assert inner.bodies == [b'{"query": "drill"}', b'{"input": "drill", "model": "teacher"}',
+                            b'{"input": "drill", "model": "gpt-4"}', b'{"query": "drill", "encoder": "teacher"}',
                             b'{"query": ', b'{"query": "drill", "encoder": "giant"}']
 
     def sample(name, **labels):
         return metrics.registry.get_sample_value(name, labels) or 0.0
 
-    assert sample("hlm_rejected_total", encoder="student", reason="queue_full") == 2
+    assert sample("hlm_rejected_total", encoder="student", reason="queue_full") == 4
     assert sample("hlm_request_duration_seconds_count", route="/v1/search", encoder="student", status="429") == 1
     assert sample("hlm_request_duration_seconds_count", route="/v1/embed", encoder="student", status="429") == 1
+    assert sample("hlm_request_duration_seconds_count", route="/v1/embeddings", encoder="student", status="429") == 2
 
 
 def test_a_body_over_the_limit_without_a_length_is_refused_at_the_edge():
