@@ -57,7 +57,21 @@ def worker_main(settings: Settings, sock: socket.socket, ready) -> None:
 
     # SIGHUP belongs to the supervisor (a roll); a worker ignores one sent to the group.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _stop_with_parent()
     raise SystemExit(serve(settings, sockets=[sock], on_ready=ready.set))
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, even by SIGKILL (else orphaned
+    workers would go on answering on the port with nobody to stop or replace them)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shut-down still stops them
+        pass
+    if os.getppid() == 1:  # the supervisor died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass

@@ -166,6 +166,22 @@ def test_live_keyword_writes_need_one_worker(start_server, tmp_path):
     assert "live keyword writes (HLM_STATE_DIR) need one worker" in log and "Traceback" not in log
 
 
+def test_workers_stop_when_the_supervisor_is_killed(start_server):
+    srv = start_server(workers=2, admin_token=TOKEN, shadow_rate=0)
+    srv.wait_for("/readyz")
+    wait_until(lambda: len(worker_pids(srv)) == 2, what="both workers answering")
+    pids = worker_pids(srv)
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return "zombie" in open(f"/proc/{pid}/status").read().lower()
+        except FileNotFoundError:
+            return True
+    wait_until(lambda: all(gone(pid) for pid in pids), timeout=60, what="no worker left after its supervisor")
+
+
 def test_an_unservable_artifact_stops_every_worker(start_server, unservable_artifact):
     message = json.loads((unservable_artifact / "manifest.json").read_text())["gate"]["message"]
     srv = start_server(artifact=unservable_artifact, workers=2)
