@@ -100,7 +100,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         if settings.workers > 1:
             # A worker of `hlm serve --workers N` takes connections only once it can answer
             # them (uvicorn listens after this start-up): a replacement or a rolled worker
-            # never answers 503 while the others serve. Until then connections wait in the backlog.
+            # never answers 503 while the others serve (each listens on its own SO_REUSEPORT socket).
             await loader
             if state.phase is Phase.FAILED:
                 state.startup_error = f"Start-up stopped: {state.detail}"

@@ -1,7 +1,7 @@
 """Run the app under uvicorn in this process (what ``hlm serve`` does).
 
 One process: the encoders' threads and the index live in it. With ``--workers N`` (N > 1)
-``service.workers`` runs N of these on one socket. uvicorn finishes
+``service.workers`` runs N of these on one port. uvicorn finishes
 in-flight requests on SIGTERM/SIGINT before the lifespan drains the batch queues.
 Returns the process exit code: 0 after a clean shut-down, 2 when start-up was refused.
 (After a shut-down on SIGTERM uvicorn re-raises the signal, so the process then ends

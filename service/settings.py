@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(
         1, ge=1, le=64,
-        description="Worker processes on one socket (service/workers.py): one per core serves both cores; each loads "
+        description="Worker processes on one port (service/workers.py, SO_REUSEPORT): one per core serves both cores; each loads "
         "the artifact (memory x N). More than 1 refuses HLM_STATE_DIR (live writes need one index).")
 
     # Search parameters a request may choose, and their bounds.

@@ -1,14 +1,20 @@
-"""``hlm serve --workers N``: N worker processes answering on one listening socket.
+"""``hlm serve --workers N``: N worker processes answering on one port.
 
 Why processes: one Python process keeps one core busy (its event loop, the HTTP parsing and
 the JSON all hold the GIL), so on a machine with several cores the student's served rate
 grows with processes, not threads. Each worker is the whole service of ``service.server``:
-it verifies, loads and warms the artifact itself; the kernel hands each new connection to
-one of them. The teacher gets the same workers, so a student-vs-teacher comparison stays on
+it verifies, loads and warms the artifact itself, then listens on a socket of its own bound
+to the same port with ``SO_REUSEPORT``: the kernel spreads new connections over the
+listening workers by a hash of their addresses. (One shared listening socket would let the
+worker whose ``accept`` loop wakes first take a whole burst of new connections: 16 opened
+at once all landed on one worker, and an open-loop client's pool then sat on it.) The price
+of SO_REUSEPORT: a connection still in a stopping worker's accept queue is reset, unless the
+host sets ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+), which hands it to another worker. The teacher gets the same workers, so a student-vs-teacher comparison stays on
 the same cores.
 
 What the supervisor (this module, the parent process) does, and nothing more:
-- binds the socket once and starts the workers (``spawn``: a clean interpreter each);
+- reserves the port (bound, never listening: an address in use fails at once) and starts
+  the workers (``spawn``: a clean interpreter each);
 - keeps ``/metrics`` adding up: prometheus_client's multiprocess mode, in a fresh folder per
   start (``service/metrics.py`` reads every worker's files on a scrape);
 - restarts a worker that dies after it served; stops everything (exit 2) when a worker could
@@ -47,18 +53,19 @@ READY_TIMEOUT_S = 600.0  # a worker loads and warms the artifact before it count
 STOP_TIMEOUT_S = 45.0  # uvicorn's graceful shut-down (30 s) and the queues' drain
 
 _spawn = multiprocessing.get_context("spawn")
-multiprocessing.allow_connection_pickling()  # the listening socket travels to each worker
 
 
-def worker_main(settings: Settings, sock: socket.socket, ready) -> None:
-    """One worker (in a spawned process): the single-process server on the shared socket.
-    ``ready`` is set once the artifact is loaded and warm; the exit code says whether it served."""
+def worker_main(settings: Settings, ready) -> None:
+    """One worker (in a spawned process): the single-process server on a socket of its own
+    (``SO_REUSEPORT``, the port the supervisor reserved). It listens only once the artifact is
+    loaded and warm (asyncio listens when uvicorn's start-up ends), so no connection waits on a
+    loading worker. ``ready`` is set then; the exit code says whether it served."""
     from service.server import serve
 
     # SIGHUP belongs to the supervisor (a roll); a worker ignores one sent to the group.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _stop_with_parent()
-    raise SystemExit(serve(settings, sockets=[sock], on_ready=ready.set))
+    raise SystemExit(serve(settings, sockets=[bind(settings)], on_ready=ready.set))
 
 
 def _stop_with_parent() -> None:
@@ -97,7 +104,7 @@ class Supervisor:
 
     def start_worker(self) -> Worker:
         ready = _spawn.Event()
-        process = _spawn.Process(target=worker_main, args=(self.worker_settings, self.sock, ready),
+        process = _spawn.Process(target=worker_main, args=(self.worker_settings, ready),
                                  name="hlm-worker", daemon=False)
         process.start()
         log.info("worker %d started", process.pid)
@@ -156,11 +163,13 @@ class Supervisor:
         n = self.settings.workers
         self.metrics_dir = tempfile.mkdtemp(prefix="hlm-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # inherited by every worker
-        self.worker_settings = self.settings.model_copy(update={"reload_on_sighup": False})
-        self.sock = bind(self.settings)
+        self.sock = bind(self.settings)  # the port reserved (and chosen, for port 0)
+        self.worker_settings = self.settings.model_copy(
+            update={"reload_on_sighup": False, "port": self.sock.getsockname()[1]})
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
-        log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), n, self.settings.host, self.settings.port)
+        log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), n, self.settings.host,
+                 self.worker_settings.port)
         try:
             self.workers = [self.start_worker() for _ in range(n)]
             while not self.stopping():
@@ -202,12 +211,12 @@ class Supervisor:
 
 
 def bind(settings: Settings) -> socket.socket:
+    """A socket bound to host:port with SO_REUSEPORT, not listening yet."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 

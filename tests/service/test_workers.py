@@ -1,8 +1,9 @@
 """`hlm serve --workers 2`: two processes on one port, metrics that add up across them, a
 worker that dies replaced, a reload that rolls every worker, refusals that stop them all.
 
-Which worker answers is the kernel's choice, so the tests open a fresh connection per
-request and identify the worker by the pid /v1/info reports.
+Which worker answers is the kernel's choice (SO_REUSEPORT: a hash of the connection's
+addresses), so the tests open a fresh connection per request and identify the worker by the
+pid /v1/info reports.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ def fresh(srv, method: str, path: str, **kwargs) -> httpx.Response:
 
 
 def burst(srv, method: str, path: str, bodies: list, headers=None) -> list[httpx.Response]:
-    """Requests sent at once, each on a connection of its own (reaches both workers with
-    cheap requests; not relied on for searches, whose bursts one worker tends to take whole)."""
+    """Requests sent at once, each on a connection of its own."""
     async def one(body):
         async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
             return await client.request(method, path, json=body, headers=headers)
@@ -105,7 +105,7 @@ def test_metrics_add_up_across_workers(two):
 
     own_before, before = own(), metrics(two)
     # One connection at a time until both workers have answered some (which one accepts is
-    # the kernel's choice: usually both within a few rounds; a burst lands on one).
+    # the kernel's choice: usually both within the first round).
     n, statuses, deltas = 0, [], {}
     for _ in range(40):
         statuses += [fresh(two, "POST", "/v1/search", json={"query": f"garden hose {n + j}", "k": 5}).status_code
