@@ -9,8 +9,8 @@ listening workers by a hash of their addresses. (One shared listening socket wou
 worker whose ``accept`` loop wakes first take a whole burst of new connections: 16 opened
 at once all landed on one worker, and an open-loop client's pool then sat on it.) The price
 of SO_REUSEPORT: a connection still in a stopping worker's accept queue is reset, unless the
-host sets ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+), which hands it to another worker. The teacher gets the same workers, so a student-vs-teacher comparison stays on
-the same cores.
+host sets ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+), which hands it to another worker.
+The teacher gets the same workers, so a student-vs-teacher comparison stays on the same cores.
 
 What the supervisor (this module, the parent process) does, and nothing more:
 - reserves the port (bound, never listening: an address in use fails at once) and starts
@@ -41,7 +41,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from service.settings import Settings
@@ -85,7 +85,6 @@ def _stop_with_parent() -> None:
 class Worker:
     process: multiprocessing.process.BaseProcess
     ready: object  # multiprocessing Event
-    started_at: float = field(default_factory=time.monotonic)
     served: bool = False  # was ready at least once
 
     @property
