@@ -33,10 +33,11 @@ def visible_pattern() -> str:
     Lone surrogates are left out: they are not Unicode scalar values, so no JSON Schema string
     holds one (and schema-driven generators drop a pattern that names them); the service
     refuses them all the same."""
+    invisible = _INVISIBLE - {"Cs"}
     ranges, start = [], None
     for code in range(0x110000 + 1):
         ch = chr(code) if code < 0x110000 else ""
-        dropped = bool(ch) and (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf"))
+        dropped = bool(ch) and (ch.isspace() or unicodedata.category(ch) in invisible)
         if dropped and start is None:
             start = code
         elif not dropped and start is not None:

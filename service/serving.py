@@ -279,9 +279,7 @@ class SearchService:
         encoder = encoder_for_model(self.state.runtime, model)
         if encoder is not None:
             return encoder
-        names = [spec["model"] for spec in (self.state.runtime.manifest["encoders"].values() if self.state.runtime else [])
-                 if spec.get("model")]
-        known = ", ".join(repr(n) for n in dict.fromkeys(["student", "teacher", *names]))
+        known = ", ".join(repr(n) for n in ["student", "teacher", *model_names(self.state.runtime)])
         raise ServiceError(f"There is no model {model!r} here; use one of {known}.", code="model_not_found",
                            status=404)
 
@@ -307,13 +305,19 @@ class SearchService:
         return (200 if ready else 503), body
 
 
-def encoder_for_model(runtime, model: str) -> Optional[str]:
-    """The encoder a /v1/embeddings `model` names (`student`, `teacher`, or the model name
-    /v1/info lists for one of them; the first listed wins), else None. The edge uses it too."""
-    if model in ("student", "teacher"):
-        return model
+def model_names(runtime) -> dict[str, str]:
+    """Model name (as /v1/info lists it) -> its encoder; the first listed wins a shared name."""
+    names: dict[str, str] = {}
     if runtime is not None:
         for name, spec in runtime.manifest["encoders"].items():
-            if spec.get("model") == model:
-                return name
-    return None
+            if spec.get("model"):
+                names.setdefault(spec["model"], name)
+    return names
+
+
+def encoder_for_model(runtime, model: str) -> Optional[str]:
+    """The encoder a /v1/embeddings `model` names (`student`, `teacher`, or a model name of
+    ``model_names``), else None. The edge uses it too."""
+    if model in ("student", "teacher"):
+        return model
+    return model_names(runtime).get(model)

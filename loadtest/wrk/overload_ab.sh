@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Interleaved 3x open-loop A/B: two builds up at once (CPU 0), 600/s (3x the 200/s both sustain
 # on the loaded 2-core VM) for 10 s each, alternating, loadtest harness on CPU 1.
-# usage: BEFORE=/path/to/other/tree loadtest/wrk/overload_ab.sh
-cd /work/main
+# usage: BEFORE=/path/to/other/tree [AFTER=tree] [ARTIFACT=folder] loadtest/wrk/overload_ab.sh
+cd "$(dirname "$0")/../.."
+here=$PWD
+artifact=${ARTIFACT:-$here/artifacts/demo-before}
 declare -A port pid
 for v in before after; do
-  repo=${AFTER:-/work/main}; [ $v = before ] && repo=${BEFORE:?BEFORE=tree to compare}
+  repo=${AFTER:-$here}; [ $v = before ] && repo=${BEFORE:?BEFORE=tree to compare}
   port[$v]=$((21000 + RANDOM % 9000))
-  (cd $repo && exec env $EXTRA taskset -c 0 /work/main/.venv/bin/python -c "from hlm.cli import app; app()" serve --artifact /work/main/artifacts/demo-before --port ${port[$v]}) > /tmp/ovab-$v.log 2>&1 &
+  (cd $repo && exec env $EXTRA taskset -c 0 "$here/.venv/bin/python" -c "from hlm.cli import app; app()" serve --artifact "$artifact" --port ${port[$v]}) > /tmp/ovab-$v.log 2>&1 &
   pid[$v]=$!
 done
 for v in before after; do for _ in $(seq 1 120); do sleep 1; curl -sf "localhost:${port[$v]}/readyz" > /dev/null && break; done; done

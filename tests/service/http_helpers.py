@@ -31,8 +31,13 @@ def metrics(server) -> dict:
     """{(sample name, frozenset(labels)): value} from /metrics, parsed by prometheus_client."""
     response = server.client.get("/metrics")
     assert response.status_code == 200
+    return parse_metrics(response.text)
+
+
+def parse_metrics(text: str) -> dict:
+    """A Prometheus exposition as {(sample name, frozenset(labels)): value}."""
     out = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out

@@ -143,9 +143,10 @@ def test_a_body_over_the_limit_without_a_length_is_refused_at_the_edge():
     assert inner.bodies == []
 
 
-async def call(app, method: str, path: str, headers: list, chunks: list, settings=None):
-    """Drive the edge with hand-made messages; a chunk None never arrives (a stalled client)."""
-    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": ("10.0.0.1", 5000)}
+async def call(app, method: str, path: str, headers: list, chunks: list, settings=None, client=("10.0.0.1", 5000)):
+    """Drive the edge with hand-made messages from the connection ``client``; a chunk None
+    never arrives (a stalled client)."""
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": client}
     pending = list(chunks)
 
     async def receive():
@@ -242,20 +243,10 @@ def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
         held = []
 
         async def search(peer):
-            scope = {"type": "http", "method": "POST", "path": "/v1/search", "client": peer,
-                     "headers": [(b"content-type", b"application/json")]}
-            chunks = [{"type": "http.request", "body": b'{"query": "drill"}', "more_body": False}]
-            sent = []
-
-            async def receive():
-                return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-            async def send(message):
-                sent.append(message)
-
-            await edge(scope, receive, send)
+            status, _, _ = await call(edge, "POST", "/v1/search", [(b"content-type", b"application/json")],
+                                      [body(b'{"query": "drill"}')], client=peer)
             held.append(metrics.registry.get_sample_value("hlm_refusals_held_total"))
-            return sent[0]["status"]
+            return status
 
         a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
         statuses = [await search(a), await search(a)]  # first refusal at once, the re-send held

@@ -17,9 +17,7 @@ import time
 import httpx
 import pytest
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from http_helpers import value
+from http_helpers import parse_metrics, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -66,11 +64,10 @@ def worker_pids(srv, rounds: int = 10) -> set[int]:
 
 
 def metrics(srv) -> dict:
-    """Like http_helpers.metrics, with the admin token /metrics then needs."""
+    """Like http_helpers.metrics, on a fresh connection (any worker) with the admin token."""
     r = fresh(srv, "GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return parse_metrics(r.text)
 
 
 def wait_until(predicate, timeout: float = 120.0, what: str = "") -> None:
