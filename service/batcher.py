@@ -73,6 +73,7 @@ class Ticket:
     counts: Optional[list[int]] = None  # tokens per query, as the edge counted them for admission
     cost_s: float = 0.0  # the job's own estimated encoder time when admitted
     batcher: Optional["Batcher"] = None  # the batcher the job went to (for observe_service)
+    limit: Any = None  # the ConcurrencyLimit the edge counted it in (released when answered)
 
 
 @dataclass(eq=False)
@@ -171,6 +172,7 @@ class Batcher:
         self._jobs_queued = 0  # jobs with a part still queued (the queue_size bound)
         self._vtime = 0.0  # SCFQ virtual time: the tag of the last part taken
         self._flows: dict[str, list] = {}  # client -> [last tag, parts queued, units queued]
+        self._m_depth = None
         self._running_clients: frozenset[str] = frozenset()
         self._busy_until = 0.0  # when the batch now running should end; 0 when idle
         self._cond = threading.Condition(threading.Lock())
@@ -178,7 +180,9 @@ class Batcher:
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         if metrics is not None:
-            metrics.queue_depth.labels(name).set_function(lambda: self._jobs_queued)
+            # Set where it changes, not set_function: under --workers N a scrape sums what the
+            # workers wrote to their files, and a function's value is never written.
+            self._m_depth = metrics.queue_depth.labels(name)
             self._m_wait = metrics.queue_wait.labels(name)
             self._m_batch = metrics.batch_size.labels(name)
             self._m_gone = metrics.rejected.labels(name, "client_gone")
@@ -364,6 +368,8 @@ class Batcher:
                 heapq.heappush(self._heap, (tag, next(self._seq), part))
             flow[0], flow[1], flow[2] = tag, flow[1] + len(parts), flow[2] + sum(p.units for p in parts)
             self._jobs_queued += 1
+            if self._m_depth is not None:
+                self._m_depth.set(self._jobs_queued)
             self._cond.notify()
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -388,6 +394,8 @@ class Batcher:
             del self._flows[part.job.client]
         if part.index == 0:
             self._jobs_queued -= 1
+            if self._m_depth is not None:
+                self._m_depth.set(self._jobs_queued)
         return part
 
     def _take(self) -> Optional[list[Part]]:

@@ -75,7 +75,9 @@ class Refusal(Exception):
     job would keep it past its encoder's waiting budget), ``client_share`` (that work is
     mostly the same client's own), ``queue_full`` (the queue holds ``queue_size`` requests),
     ``too_large`` (the job alone would hold the encoder longer than one request may),
-    ``shutting_down``. ``refusal_error`` below turns it into the HTTP answer, in one place.
+    ``shutting_down``; and, from the edge's limit (``service/concurrency.py``), ``concurrency``
+    (the encoder already carries as many requests as it answers in 0.35 of its SLO at its
+    measured rate). ``refusal_error`` below turns it into the HTTP answer, in one place.
     """
 
     def __init__(self, reason: str, encoder: str, *, wait_s: float = 0.0, limit_s: float = 0.0,
@@ -115,6 +117,10 @@ def refusal_error(refusal: Refusal) -> ServiceError:
     if r.reason == "queue_full":
         return Overloaded(f"The {name} encoder's queue is full ({r.queued} requests); retry shortly.",
                           code="queue_full", headers=retry)
+    if r.reason == "concurrency":
+        return Overloaded(
+            f"The {name} encoder is already answering {r.queued} requests, as many as it can answer within "
+            f"{_ms(r.limit_s)} at its measured rate; retry shortly.", code="concurrency", headers=retry)
     if r.reason == "client_share":
         return Overloaded(
             f"Your own requests already queued on the {name} encoder would keep this one waiting about "

@@ -57,6 +57,11 @@ class Metrics:
         )
         self.queue_depth = Gauge("hlm_queue_depth", "Requests waiting in each encoder's queue.", ["encoder"], registry=r,
                                  multiprocess_mode="livesum")
+        self.in_flight = Gauge("hlm_in_flight", "Requests admitted for each encoder and not yet answered.", ["encoder"],
+                               registry=r, multiprocess_mode="livesum")
+        self.in_flight_limit = Gauge("hlm_in_flight_limit", "Requests each encoder may carry at once (measured rate x 0.35 x "
+                                     "its SLO; 0: no limit yet), service/concurrency.py.", ["encoder"], registry=r,
+                                     multiprocess_mode="livesum")
         self.rejected = Counter(
             "hlm_rejected_total", "Requests refused or dropped, by reason.", ["encoder", "reason"], registry=r,
         )

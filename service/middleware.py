@@ -23,7 +23,9 @@
   read time are bounded in ``service/server.py`` (before any ASGI app runs).
 - Fairness and admission: the client key (``HLM_CLIENT_ID_HEADER`` or the peer address)
   goes to the batcher in a ``Ticket`` context variable; the edge counts a body's tokens
-  (``Batcher.estimate``) and asks ``Batcher.admit`` before the framework runs; a refusal is
+  (``Batcher.estimate``) and asks ``Batcher.admit``, then the encoder's in-flight limit
+  (``ConcurrencyLimit.acquire``, released when the request ends however it ends), before the
+  framework runs; a refusal is
   held for a client that retries within its Retry-After; a served request reports its time
   beyond queue wait and own cost back to its batcher (``observe_service``), from which the
   budget is derived.
@@ -188,6 +190,8 @@ class EdgeMiddleware:
                 await _send_error(tracking_send, *INTERNAL_ERROR)
             status = 500
         finally:
+            if ticket.limit is not None:
+                ticket.limit.release(client)
             elapsed = time.perf_counter() - start
             self._observe(scope, status, elapsed)
             if status == 200 and ticket.batcher is not None and ticket.queue_s is not None:
@@ -274,6 +278,10 @@ class EdgeMiddleware:
             ticket.counts = counts  # submit reuses them (the texts differ only by clean-up)
         try:
             slot.batcher.admit(counts, client)
+            if slot.limit is not None:
+                slot.limit.acquire(client)
+                if ticket is not None:
+                    ticket.limit = slot.limit
         except Refusal as refusal:
             scope["hlm.encoder"] = encoder
             return refusal_error(refusal)

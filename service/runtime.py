@@ -24,6 +24,7 @@ from retrieval.base import Hit, IndexUnavailable, SearchParams
 from retrieval.hnsw import HnswIndex
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job, join_answers, split_texts, token_counter
+from service.concurrency import ConcurrencyLimit
 from service.live.keywords import LiveKeywords, LiveUnavailable
 from service.live.snapshot import SnapshotError
 from service.live.wal import WalCorrupt
@@ -136,6 +137,7 @@ class EncoderSlot:
     # (tokenised and searched as a batch) to keep answers independent of the batch.
     row_by_row: bool
     batcher: Optional[Batcher] = None
+    limit: Optional[ConcurrencyLimit] = None  # the edge's in-flight limit (service/concurrency.py)
     m_encode: Any = None
     m_index: Any = None
     m_queries: Any = None
@@ -280,6 +282,8 @@ class Runtime:
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
+            slot.limit = ConcurrencyLimit(name, slot.batcher.slo_s, fixed=s.max_in_flight,
+                                          retry_after_s=s.retry_after_s, metrics=self.metrics)
         if hasattr(self.index, "healthy"):
             self._index_probe = loop.create_task(self._probe_index())
 

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         "others are refused at once. wrk, 64 connections, loaded machine: 292 served/s with 250 ms, 198 with 100 ms, "
         "102 with none (docs/RELIABILITY.md). 0 = never hold.",
     )
+    max_in_flight: Optional[int] = Field(
+        None, ge=0, le=100_000,
+        description="Most requests each encoder carries at once (admitted at the edge, not yet answered); past it a "
+        "client that already has one in flight gets 429 (code concurrency). None = derived: the encoder's measured "
+        "rate x 0.35 x its SLO (service/concurrency.py); 0 = no limit.",
+    )
     retry_after_s: int = Field(1, ge=1, description="Least Retry-After on 429/503 answers (else the expected wait, rounded up).")
 
     # ONNX Runtime.

@@ -151,14 +151,14 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
     assert refused, "nothing was refused at three times the measured sustainable rate"
     for _, _, _, retry_after, (_, body) in refused:
         assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, retry_after
-        assert set(body) == {"error"} and body["error"]["code"] in ("budget", "client_share", "queue_full")
+        assert set(body) == {"error"} and body["error"]["code"] in ("budget", "client_share", "queue_full", "concurrency")
     for _, _, _, _, (query, body) in ok:  # what was accepted was answered in full and correctly
         (result,) = body["results"]
         assert body["encoder"] == "teacher" and result["query"] == query and len(result["keywords"]) == 10
     # The server counted exactly the refusals the client saw, under the reasons it gave.
     counted = {reason: value(after, "hlm_rejected_total", encoder="teacher", reason=reason)
                - value(before, "hlm_rejected_total", encoder="teacher", reason=reason)
-               for reason in ("budget", "client_share", "queue_full")}
+               for reason in ("budget", "client_share", "queue_full", "concurrency")}
     given = {reason: sum(r[4][1]["error"]["code"] == reason for r in refused) for reason in counted}
     assert counted == given, (counted, given)
     assert value(after, "hlm_request_duration_seconds_count", route="/v1/search", encoder="teacher", status="429") \
@@ -170,6 +170,8 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
     while value(metrics(rserver), "hlm_queue_depth", encoder="teacher") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert value(metrics(rserver), "hlm_queue_depth", encoder="teacher") == 0
+    # ... and every admitted request was counted out of the edge's in-flight limit again.
+    assert value(metrics(rserver), "hlm_in_flight", encoder="teacher") == 0
     assert client.post("/v1/search", json={"query": "drill", "encoder": "teacher"}).status_code == 200
     assert client.post("/v1/search", json={"query": "drill"}).status_code == 200
     assert rserver.proc.poll() is None

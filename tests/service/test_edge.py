@@ -83,8 +83,8 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
         loop = asyncio.get_running_loop()
         student.start(loop)
         teacher.start(loop)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student),
-                                               "teacher": SimpleNamespace(batcher=teacher)},
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student, limit=None),
+                                               "teacher": SimpleNamespace(batcher=teacher, limit=None)},
                                         manifest={"encoders": {"student": {"model": "tiny-student"},
                                                                "teacher": {"model": "big-teacher"}}})
         edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
@@ -231,7 +231,7 @@ def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
         student = held_batcher("student", metrics, gate, entered)
         loop = asyncio.get_running_loop()
         student.start(loop)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student)})
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student, limit=None)})
         state.phase = Phase.READY
         settings = SimpleNamespace(refusal_hold_ms=1.0, body_timeout_s=20.0, client_id_header=None, max_queries=64)
         edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
