@@ -278,10 +278,9 @@ class EdgeMiddleware:
             ticket.counts = counts  # submit reuses them (the texts differ only by clean-up)
         try:
             slot.batcher.admit(counts, client)
-            if slot.limit is not None:
+            if slot.limit is not None and ticket is not None:  # the ticket carries it to the release
                 slot.limit.acquire(client)
-                if ticket is not None:
-                    ticket.limit = slot.limit
+                ticket.limit = slot.limit
         except Refusal as refusal:
             scope["hlm.encoder"] = encoder
             return refusal_error(refusal)
