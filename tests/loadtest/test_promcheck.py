@@ -64,11 +64,16 @@ def test_prometheus_p99_matches_ours_on_the_real_service(served):
         res.recorded
 
 
-def test_prometheus_rate_p99_matches_our_delta(quick_service):
-    # The fake service here (not the real one): fixed latencies, so the warm-up requests in
-    # Prometheus' 1 m window cannot move the tail (see the module doc).
-    res = check_against_prometheus(quick_service, ["student", "teacher"], rate=30, duration_s=4,
-                                   queries=["cordless drill", "garden hose"])
+def test_prometheus_rate_p99_matches_our_delta():
+    # A fake service here (not the real one): fixed latencies, so the warm-up requests in
+    # Prometheus' 1 m window cannot move the tail (see the module doc). Each sits inside a
+    # bucket, not on its lower edge: the shared 2 ms fake put the p99 of a loaded CI machine on
+    # the 3 ms boundary (ours 2.998 ms, Prometheus' 3.70 ms: a different bucket).
+    from tests.loadtest.conftest import fake_service
+
+    with fake_service(serial=True, student=0.0055, teacher=0.024) as url:  # buckets 5-7.5 ms, 20-30 ms
+        res = check_against_prometheus(url, ["student", "teacher"], rate=30, duration_s=4,
+                                       queries=["cordless drill", "garden hose"])
     for name, row in res.per_encoder.items():
         assert row["exact"], (name, row)
         assert row["agree"], (name, row)  # over rate()[1m]: within 10 % or the same bucket
