@@ -68,6 +68,12 @@ JSON_TYPES = (b"application/json",)
 RETRY_GAP_S = 0.050
 
 
+def held_ms(hold_ms: float, streak: int, retry_after_ms: float) -> float:
+    """How long the ``streak``-th refusal in a row held on one connection waits: HLM_REFUSAL_HOLD_MS,
+    doubling each time, never past the Retry-After the client was told (nor below the hold)."""
+    return min(max(hold_ms, retry_after_ms), hold_ms * 2 ** (streak - 1))
+
+
 class BodyTimeout(ServiceError):
     status = 408
     code = "body_timeout"
@@ -176,6 +182,8 @@ class EdgeMiddleware:
                 self._observe(scope, problem.status, time.perf_counter() - start)
                 return
             app_receive = _replay(body, receive)
+            if self._refused:
+                self._refused.pop(scope.get("client"), None)  # admitted: its next refusal starts a new streak
         else:
             app_receive = _limited(receive, limit, deadline)
 
@@ -216,14 +224,17 @@ class EdgeMiddleware:
         last = self._refused.pop(peer, None)
         if len(self._refused) > 10_000:  # bounded memory: forget everyone at once (rare)
             self._refused.clear()
-        if last is not None and scope["hlm.start"] - last < RETRY_GAP_S:
+        if last is not None and scope["hlm.start"] - last[0] < RETRY_GAP_S:
+            # Each hold in a row doubles, up to the Retry-After the client was given: a closed
+            # loop's parked connections then come back less often than every 250 ms.
+            streak = scope["hlm.held"] = last[1] + 1
             self.held.inc()
-            await asyncio.sleep(hold / 1000.0)
+            await asyncio.sleep(held_ms(hold, streak, 1000.0 * self._setting("retry_after_s", 1)) / 1000.0)
 
     def _refusal_sent(self, scope) -> None:
         peer = scope.get("client")
         if peer:
-            self._refused[peer] = time.perf_counter()
+            self._refused[peer] = (time.perf_counter(), scope.get("hlm.held", 0))
 
     def _head_problem(self, scope, announced: int, ctype, encoding, chunked: bool, limit: int):
         """(status, code, sentence) for a request refused on its head alone, else None."""

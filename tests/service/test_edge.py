@@ -249,7 +249,7 @@ def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
             return status
 
         a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
-        statuses = [await search(a), await search(a)]  # first refusal at once, the re-send held
+        statuses = [await search(a), await search(a), await search(a)]  # at once, then held twice in a row
         await asyncio.sleep(RETRY_GAP_S * 2)
         statuses += [await search(a), await search(b)]  # past the window; another connection
         gate.set()
@@ -258,5 +258,47 @@ def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
         return statuses, held
 
     statuses, held = asyncio.run(asyncio.wait_for(main(), 20))
-    assert statuses == [429] * 4
-    assert held == [0, 1, 1, 1]
+    assert statuses == [429] * 5
+    assert held == [0, 1, 2, 2, 2]
+
+
+def test_a_hold_doubles_in_a_row_up_to_the_retry_after():
+    from service.middleware import held_ms
+
+    assert [held_ms(250.0, n, 1000.0) for n in (1, 2, 3, 4, 9)] == [250.0, 500.0, 1000.0, 1000.0, 1000.0]
+    assert held_ms(1.0, 3, 1000.0) == 4.0
+    assert held_ms(2000.0, 2, 1000.0) == 2000.0  # a hold longer than Retry-After stays as set
+
+
+def test_an_answered_request_ends_its_connections_streak_of_held_refusals():
+    from service.errors import Refusal
+
+    async def main():
+        metrics, state, inner = Metrics(), AppState(), InnerApp()
+        refuse = [True]
+
+        def admit(counts, client):
+            if refuse[0]:
+                raise Refusal("budget", "student", wait_s=0.5, limit_s=0.005)
+
+        batcher = SimpleNamespace(estimate=lambda texts: [1] * len(texts), admit=admit)
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=batcher, limit=None)})
+        state.phase = Phase.READY
+        settings = SimpleNamespace(refusal_hold_ms=1.0, body_timeout_s=20.0, client_id_header=None, max_queries=64)
+        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
+                              known_paths={"/v1/search"}, settings=settings)
+        seen = []
+
+        async def search(served: bool):
+            refuse[0] = not served
+            status, _, _ = await call(edge, "POST", "/v1/search", [(b"content-type", b"application/json")],
+                                      [body(b'{"query": "drill"}')], client=("10.0.0.1", 5000))
+            seen.append((status, metrics.registry.get_sample_value("hlm_refusals_held_total")))
+
+        for served in (False, False, True, False, False):
+            await search(served)
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), 20))
+    # refused at once, held; answered; refused at once again (a new streak), held
+    assert seen == [(429, 0), (429, 1), (200, 1), (429, 1), (429, 2)]
