@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=400, help="judged dev queries scored")
     parser.add_argument("--method", action="append", default=None, choices=["minmax", "percentile", "entropy"],
                         help="calibration method(s) of the static copies (default minmax)")
+    parser.add_argument("--activation-output-fp32", action="store_true",
+                        help="also a copy per method whose MatMuls reading the FFN activation (GELU) stay fp32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
             static_path = Path(tmp) / f"model.int8-static-{method}.onnx"
             quantize_int8_static(root / spec["onnx"], static_path, tok, calibration, method)
             encoders[f"int8_static_{method}"] = OnnxEncoder(static_path, tok)
+            if args.activation_output_fp32:
+                kept = Path(tmp) / f"model.int8-static-{method}-gelu-fp32.onnx"
+                quantize_int8_static(root / spec["onnx"], kept, tok, calibration, method, activation_output_fp32=True)
+                encoders[f"int8_static_{method}_gelu_out_fp32"] = OnnxEncoder(kept, tok)
         calib_s = time.perf_counter() - t0
         rows = _score(encoders, root, manifest, args.queries, TeacherVectors(1), data_mod, JudgedEval, judged_queries)
     meta = {"machine": platform.node(), "processor": platform.processor(), "artifact": str(root),
