@@ -89,7 +89,7 @@ class EdgeMiddleware:
         self.held = metrics.refusals_held
         self._children: dict[tuple[str, str, str], object] = {}
         self._settings = settings  # None: the runtime's (the app factory passes none)
-        self._refused: dict[tuple, float] = {}  # connection -> when its last refusal was sent (the hold)
+        self._refused: dict[tuple, tuple[float, int]] = {}  # connection -> (its last refusal sent at, holds in a row)
 
     def _setting(self, name: str, default):
         settings = self._settings
