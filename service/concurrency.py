@@ -60,7 +60,7 @@ class ConcurrencyLimit:
         self.retry_after_s = retry_after_s
         self.clock = clock
         self.rate = 0.0  # measured requests per busy second; 0 until the first window
-        self._lock = threading.Lock()  # the edge runs in the loop; tests and metrics read from elsewhere
+        self._lock = threading.Lock()  # the edge calls it from the loop; the lock keeps it safe from any thread
         self._in_flight = 0
         self._clients: dict[str, int] = {}
         self._busy_since = 0.0
@@ -94,6 +94,7 @@ class ConcurrencyLimit:
             if limit is not None and self._in_flight >= limit and self._clients.get(client):
                 if self._m_refused is not None:
                     self._m_refused.inc()
+                # queued: the requests in flight, which the refusal's message reports
                 raise Refusal("concurrency", self.name, limit_s=self.slo_s * SLO_SHARE, queued=self._in_flight,
                               queries=1, retry_floor_s=self.retry_after_s)
             if self._in_flight == 0:

@@ -256,7 +256,9 @@ class EdgeMiddleware:
         return None
 
     def _refusal(self, scope, body: bytes, client: str) -> Optional[ServiceError]:
-        """The encoder's refusal if it would refuse this request now, else None."""
+        """The encoder's refusal if it would refuse this request now, else None; when it
+        admits, the request is counted into the encoder's in-flight limit (the ticket
+        carries the count to ``_http``'s release)."""
         runtime = self.state.runtime
         if runtime is None or self.state.phase is not Phase.READY:
             return None

@@ -24,6 +24,8 @@ from http_helpers import metrics, value
 from .conftest import rss_mb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# Every 429 reason of an overloaded encoder: the batcher's and the edge's in-flight limit.
+OVERLOAD_REASONS = ("budget", "client_share", "queue_full", "concurrency")
 
 QUERIES = ["cordless drill", "garden hose 50 ft", "led light bulbs", "wood screws", "paint roller", "ceiling fan",
            "vinyl flooring", "kitchen faucet", "door knob", "extension cord"]
@@ -151,14 +153,14 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
     assert refused, "nothing was refused at three times the measured sustainable rate"
     for _, _, _, retry_after, (_, body) in refused:
         assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, retry_after
-        assert set(body) == {"error"} and body["error"]["code"] in ("budget", "client_share", "queue_full", "concurrency")
+        assert set(body) == {"error"} and body["error"]["code"] in OVERLOAD_REASONS
     for _, _, _, _, (query, body) in ok:  # what was accepted was answered in full and correctly
         (result,) = body["results"]
         assert body["encoder"] == "teacher" and result["query"] == query and len(result["keywords"]) == 10
     # The server counted exactly the refusals the client saw, under the reasons it gave.
     counted = {reason: value(after, "hlm_rejected_total", encoder="teacher", reason=reason)
                - value(before, "hlm_rejected_total", encoder="teacher", reason=reason)
-               for reason in ("budget", "client_share", "queue_full", "concurrency")}
+               for reason in OVERLOAD_REASONS}
     given = {reason: sum(r[4][1]["error"]["code"] == reason for r in refused) for reason in counted}
     assert counted == given, (counted, given)
     assert value(after, "hlm_request_duration_seconds_count", route="/v1/search", encoder="teacher", status="429") \

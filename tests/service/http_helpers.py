@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -116,3 +117,33 @@ def start_server(small_artifact, tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+async def asgi_call(app, method: str, path: str, headers: list, chunks: list, settings=None, client=("10.0.0.1", 5000)):
+    """Drive an ASGI app (the edge) with hand-made messages from the connection ``client``: its
+    (status, headers, body). A chunk None never arrives (a stalled, still connected client)."""
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": client}
+    pending = list(chunks)
+
+    async def receive():
+        if pending:
+            chunk = pending.pop(0)
+            if chunk is None:
+                await asyncio.Event().wait()  # never
+            return chunk
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, \
+        b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def request_chunk(data: bytes, more: bool = False) -> dict:
+    """One ``http.request`` message of a body."""
+    return {"type": "http.request", "body": data, "more_body": more}

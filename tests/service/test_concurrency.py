@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from http_helpers import asgi_call, parse_metrics, request_chunk, value
 
 from service.batcher import Batcher
 from service.concurrency import MIN_LIMIT, SLO_SHARE, WINDOW, ConcurrencyLimit
@@ -119,22 +124,10 @@ class GatedApp:
 
 
 async def post(app, body: bytes, peer: str):
-    scope = {"type": "http", "method": "POST", "path": "/v1/search", "client": (peer, 5000),
-             "headers": [(b"content-type", b"application/json")]}
-    chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive():
-        if chunks:
-            return chunks.pop(0)
-        await asyncio.Event().wait()  # the client stays connected
-
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")
+    """A search from ``peer`` that stays connected after its body: (status, JSON answer)."""
+    status, _, data = await asgi_call(app, "POST", "/v1/search", [(b"content-type", b"application/json")],
+                                      [request_chunk(body), None], client=(peer, 5000))
+    return status, json.loads(data or b"{}")
 
 
 def test_the_edge_refuses_past_the_limit_and_releases_on_answer_failure_and_disconnect():
@@ -219,13 +212,6 @@ asyncio.run(main())
 def test_queue_depth_and_in_flight_reach_a_scrape_under_workers(tmp_path):
     """Under --workers N a scrape reads what each worker wrote to PROMETHEUS_MULTIPROC_DIR: a
     gauge kept by set_function would read 0 there (nothing is ever written)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from http_helpers import parse_metrics, value
-
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", MULTIPROCESS_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=60, cwd=Path(__file__).resolve().parents[2])

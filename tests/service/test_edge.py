@@ -12,6 +12,8 @@ import json
 import threading
 from types import SimpleNamespace
 
+from http_helpers import asgi_call as call, request_chunk as body
+
 from service.batcher import Batcher
 from service.metrics import Metrics
 from service.middleware import EdgeMiddleware
@@ -141,35 +143,6 @@ def test_a_body_over_the_limit_without_a_length_is_refused_at_the_edge():
     status, _, body = asyncio.run(post(edge, "/v1/search", b'{"query": "a much longer query"}'))
     assert status == 413 and json.loads(body)["error"]["code"] == "body_too_large"
     assert inner.bodies == []
-
-
-async def call(app, method: str, path: str, headers: list, chunks: list, settings=None, client=("10.0.0.1", 5000)):
-    """Drive the edge with hand-made messages from the connection ``client``; a chunk None
-    never arrives (a stalled client)."""
-    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": client}
-    pending = list(chunks)
-
-    async def receive():
-        if pending:
-            chunk = pending.pop(0)
-            if chunk is None:
-                await asyncio.Event().wait()  # never
-            return chunk
-        return {"type": "http.disconnect"}
-
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = sent[0]
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, \
-        b"".join(m.get("body", b"") for m in sent[1:])
-
-
-def body(data: bytes, more: bool = False) -> dict:
-    return {"type": "http.request", "body": data, "more_body": more}
 
 
 def test_the_edge_refuses_wrong_media_types_encodings_slashes_and_docs_before_the_app():
