@@ -17,8 +17,10 @@ def test_an_unknown_student_is_refused_with_the_choices(tmp_path):
 
 def test_the_student_option_overrides_only_the_profiles_student():
     full, l3 = get_profile("full"), get_profile("full", student="mpnet-l3")
-    assert l3.student == "mpnet-l3" and full.student == "mpnet-l2"
-    assert l3.distill_phases == full.distill_phases and l3.distill_minutes == full.distill_minutes
+    l2 = get_profile("full", student="mpnet-l2")
+    assert l3.student == "mpnet-l3" and full.student == "static"  # one default student everywhere
+    assert l3.distill_phases == full.distill_phases and l3.distill_minutes == l2.distill_minutes
+    assert l2.distill_steps == (1200, 1800) and full.distill_steps == (2000, 600)
     assert get_profile("full", student=None) == full
 
 
