@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import numpy as np
 import pytest
 
-from service.live.liveset import LiveSet
+from service.live.liveset import Entry, LiveSet
 from service.live.snapshot import latest_snapshot, read_snapshot, write_snapshot
-from service.live.wal import MAGIC, Change, Wal, WalCorrupt
+from service.live.wal import MAGIC, Change, Wal, WalCorrupt, frame
+
+from disk_faults import PAGE, file_size_limit, fill, small_disk
 
 DIM = 8
 
@@ -88,14 +92,20 @@ def test_a_log_whose_header_never_reached_the_disk_opens_empty(tmp_path):
 
 
 def test_a_failed_append_leaves_no_partial_record(tmp_path):
+    """The write fails *after* half the record reached the file (RLIMIT_FSIZE: the bytes that fit
+    are written, then EFBIG), so only the cut-back leaves the file as it was (#25)."""
     path = tmp_path / "wal.log"
     wal, _ = Wal.open(path)
     wal.append(change(1, ["a"]))
-    size = wal.size
-    wal._file.close()  # the next write fails (as on a full disk)
-    with pytest.raises(ValueError):
-        wal.append(change(2, ["b"]))
-    assert path.stat().st_size == size
+    size, before = wal.size, path.read_bytes()
+    refused = change(2, ["b", "c"])
+    with file_size_limit(size + len(frame(refused.encode())) // 2):
+        with pytest.raises(OSError):
+            wal.append(refused)
+    assert path.stat().st_size == size and path.read_bytes() == before
+    wal.append(change(2, ["d"]))  # the retry after the fault: right after record 1
+    wal.close()
+    assert [(r.sequence, r.upsert_ids) for r in Wal.open(path)[1]] == [(1, ["a"]), (2, ["d"])]
 
 
 def test_snapshot_round_trip_and_the_liveset_rules(tmp_path):
@@ -115,3 +125,142 @@ def test_snapshot_round_trip_and_the_liveset_rules(tmp_path):
            {k: (e.text, e.attributes) for k, e in live.upserts.items()}
     np.testing.assert_array_equal(back.upserts["b"].vector, live.upserts["b"].vector)
     assert not list(tmp_path.glob(".snapshot-tmp-*"))
+
+
+# ---- disk full (#28 finding 4): a refused append leaves nothing for the next one to carry ----
+
+@pytest.mark.parametrize("fault", ["tmpfs", "rlimit"])
+def test_a_refused_append_on_a_full_disk_is_not_written_by_the_next_one(tmp_path, fault):
+    """The record is smaller than a file buffer (8 KiB) and only part of it fits: a buffered
+    writer kept the rest, failed its cut-back and wrote the refused record ahead of the next."""
+    refused, retried = change(2, [f"refused:{i}" for i in range(50)]), change(2, ["retried"])
+    assert PAGE < len(frame(refused.encode())) < 8192  # more than the log's last page holds, less than a buffer
+    with small_disk(tmp_path / "disk") as disk:
+        if fault == "tmpfs" and disk is None:
+            pytest.skip("mounting a tmpfs is not allowed here (the rlimit case covers the same path)")
+        path = (disk or tmp_path) / "wal.log"
+        wal, _ = Wal.open(path)
+        wal.append(change(1, ["a"]))
+        size, before = wal.size, path.read_bytes()
+        if fault == "tmpfs":
+            filler = fill(disk)  # the log's last page still has room for part of the record, no page more
+            with pytest.raises(OSError):
+                wal.append(refused)
+            filler.unlink()
+        else:
+            with file_size_limit(size + len(frame(refused.encode())) // 2):
+                with pytest.raises(OSError):
+                    wal.append(refused)
+        assert path.read_bytes() == before
+        wal.append(retried)  # the service's retry takes the same sequence number
+        wal.close()
+        records = Wal.open(path)[1]
+        assert [(r.sequence, r.upsert_ids) for r in records] == [(1, ["a"]), (2, ["retried"])]
+
+
+# ---- damage in the middle of the log (#28 finding 9): never taken for a torn tail ----
+
+def three_records(path):
+    wal, _ = Wal.open(path)
+    starts = []
+    for seq in (1, 2, 3):
+        starts.append(wal.size)
+        wal.append(change(seq, [f"k{seq}"]))
+    wal.close()
+    return starts
+
+
+@pytest.mark.parametrize("where", ["length past the end", "length past the limit", "length zero", "length one more",
+                                   "crc", "json", "vectors", "middle byte"])
+def test_damage_before_the_last_record_stops_the_open_and_leaves_the_file_alone(tmp_path, where):
+    path = tmp_path / "wal.log"
+    starts = three_records(path)
+    data = bytearray(path.read_bytes())
+    second = starts[1]
+    length = int.from_bytes(data[second:second + 4], "little")
+    if where.startswith("length"):
+        value = {"length past the end": len(data), "length past the limit": 0xFFFFFFF0, "length zero": 0,
+                 "length one more": length + 1}[where]
+        data[second:second + 4] = value.to_bytes(4, "little")
+    else:
+        at = {"crc": second + 5, "json": second + 20, "vectors": starts[2] - 3, "middle byte": len(data) // 2}[where]
+        data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalCorrupt, match="acknowledged changes are damaged"):
+        Wal.open(path)
+    assert path.read_bytes() == bytes(data)  # nothing cut: the records after the damage are still there
+
+
+@pytest.mark.parametrize("tail", ["zeros", "zeros past a header", "garbage length"])
+def test_a_torn_tail_of_zeros_or_garbage_is_dropped(tmp_path, tail, caplog):
+    """A power cut can leave a grown file whose new bytes never arrived (zeros), or a header alone."""
+    path = tmp_path / "wal.log"
+    starts = three_records(path)
+    data = path.read_bytes()
+    cut = {"zeros": data[:starts[2]] + b"\0" * 300,
+           "zeros past a header": data[:starts[2] + 8] + b"\0" * 300,
+           "garbage length": data[:starts[2]] + b"\xff\xff\xff\x7f" + b"\x13" * 30}[tail]
+    path.write_bytes(cut)
+    with caplog.at_level(logging.WARNING):
+        wal, records = Wal.open(path)
+    assert [r.sequence for r in records] == [1, 2] and "never acknowledged" in caplog.text
+    assert path.stat().st_size == starts[2]
+    wal.append(change(3, ["again"]))
+    wal.close()
+    assert [r.sequence for r in Wal.open(path)[1]] == [1, 2, 3]
+
+
+# ---- a snapshot replaced at its own sequence (#28 finding 8) ----
+
+class Crash(BaseException):
+    """The process dies here: this call and every later one do nothing."""
+
+
+def crash_after(monkeypatch, calls: int) -> None:
+    """Let ``calls`` renames, removals and folder creations happen, then die at the next one."""
+    done = [0]
+    for name in ("replace", "rename", "rmdir", "unlink", "mkdir"):
+        real = getattr(os, name)
+
+        def fake(*args, _real=real, **kwargs):
+            done[0] += 1
+            if done[0] > calls:
+                raise Crash()
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(os, name, fake)
+
+
+def test_a_snapshot_replaced_at_its_own_sequence_leaves_one_whole_after_a_crash_at_any_step(tmp_path, monkeypatch):
+    """The same sequence again (a new teacher's vectors, no change since): the old snapshot used to
+    be removed before the new one was renamed in, while start-up removes unfinished ones and the
+    log is already empty: a crash between left no live set at all."""
+    old = LiveSet(teacher="teacher-a")
+    old.apply(change(1, ["a", "b"]))
+    old.apply(change(2, delete=["x"]))
+    new = LiveSet(teacher="teacher-b", sequence=2, deletes={"x"})
+    new.upserts = {k: Entry(e.text, e.attributes, e.vector * -1) for k, e in old.upserts.items()}
+    crashed_at = []
+    for calls in range(50):
+        state = tmp_path / f"crash-{calls}"
+        state.mkdir()
+        write_snapshot(state, old)
+        with monkeypatch.context() as patch:
+            crash_after(patch, calls)
+            try:
+                write_snapshot(state, new)
+            except Crash:
+                crashed_at.append(calls)
+        for stale in state.glob(".snapshot-tmp-*"):  # what start-up does first
+            shutil.rmtree(stale)
+        found = latest_snapshot(state)
+        assert found is not None, f"no snapshot left after a crash at step {calls}"
+        back = read_snapshot(found)
+        assert back.sequence == 2 and back.deletes == {"x"} and back.teacher in ("teacher-a", "teacher-b")
+        want = old if back.teacher == "teacher-a" else new
+        for kid, entry in want.upserts.items():
+            np.testing.assert_array_equal(back.upserts[kid].vector, entry.vector)
+        if calls not in crashed_at:  # it ran to the end: the new one, under the plain name
+            assert back.teacher == "teacher-b" and found.name == "snapshot-000000000002"
+            assert [p.name for p in state.iterdir() if p.name.startswith("snapshot-")] == [found.name]
+            break
+    assert len(crashed_at) >= 4
