@@ -35,27 +35,46 @@ def test_training_data_holds_no_dev_query(small_data):
         assert positive not in negatives
 
 
-def test_l2_phase_moves_student_towards_teacher_and_checkpoint_round_trips(small_data, tmp_path):
+@pytest.fixture(scope="module")
+def l2_checkpoint(small_data, tmp_path_factory):
+    """Phase 2 (L2) of minilm-l3 for 40 steps from its fresh (seeded, random-projection) start."""
+    out = tmp_path_factory.mktemp("phase2") / "ck"
+    config = TrainConfig(student="minilm-l3", out=str(out), lr=1e-3, max_steps=40,
+                         batch_size=32, checkpoint_every=20, minutes=10, threads=1)
+    train(config, small_data)
+    return out
+
+
+def test_l2_phase_moves_student_towards_teacher_and_checkpoint_round_trips(small_data, l2_checkpoint):
     spec = get_spec("minilm-l3")
     probe = small_data.texts[:64]
     targets = small_data.text_targets[:64]
     before = make_student(spec)  # random projection: far from the teacher
     with torch.no_grad():
         start_cos = float((torch_encode(before, tokenizer_path("student"), probe) * targets).sum(1).mean())
-    config = TrainConfig(student="minilm-l3", out=str(tmp_path / "ck"), lr=1e-3, max_steps=40,
-                         batch_size=32, checkpoint_every=20, minutes=10, threads=1)
-    train(config, small_data)
-    model = load_student_checkpoint(tmp_path / "ck")
+    model = load_student_checkpoint(l2_checkpoint)
     end_cos = float((torch_encode(model, tokenizer_path("student"), probe) * targets).sum(1).mean())
     assert end_cos > start_cos + 0.1, (start_cos, end_cos)
-    assert read_spec(tmp_path / "ck")[1]["step"] == 40
+    assert read_spec(l2_checkpoint)[1]["step"] == 40
 
 
-def test_contrastive_phase_runs_from_a_checkpoint(small_data, tmp_path):
-    config = TrainConfig(student="minilm-l3", out=str(tmp_path / "p3"), contrastive_weight=1.0, l2_weight=0.5,
-                         max_steps=6, batch_size=16, minutes=5, threads=1)
+def _projection(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.startswith("projection.")])
+
+
+def test_contrastive_phase_runs_from_a_checkpoint(small_data, l2_checkpoint, tmp_path):
+    """Phase 3 starts from phase 2's weights (``init``), not from a fresh student, and moves
+    them: its result lies near the checkpoint it started from and far from a fresh start."""
+    config = TrainConfig(student="minilm-l3", out=str(tmp_path / "p3"), init=str(l2_checkpoint), contrastive_weight=1.0,
+                         l2_weight=0.5, max_steps=6, batch_size=16, minutes=5, threads=1)
     train(config, small_data)
-    assert read_spec(tmp_path / "p3")[0].name == "minilm-l3"
+    spec, info = read_spec(tmp_path / "p3")
+    assert spec.name == "minilm-l3" and info["step"] == 6 and info["config"]["init"] == str(l2_checkpoint)
+    start = _projection(load_student_checkpoint(l2_checkpoint))
+    fresh = _projection(make_student(get_spec("minilm-l3")))
+    after = _projection(load_student_checkpoint(tmp_path / "p3"))
+    moved, from_fresh = float((after - start).norm()), float((fresh - start).norm())
+    assert 0 < moved < from_fresh / 4, (moved, from_fresh)
 
 
 @pytest.mark.parametrize("name", ["mpnet-l2", "minilm-l3"])
