@@ -52,6 +52,13 @@ class Phase1Config:
     checkpoint_every: int = 50
     threads: int = 2
     seed: int = 0
+    # Hard negatives per pair beside the in-batch ones: titles the raters judged not relevant
+    # (< 2) to that query (the Home Depot engine's own near misses, free: no encoding);
+    # a query with fewer gets random titles of other queries' positives.
+    hard_negatives: int = 0
+    # Steps at which a complete copy of the model is kept in <out>-at-<step>/model, so one run
+    # gives a curve of dev nDCG@10 against steps (scripts/phase1_curve.py judges each copy).
+    snapshot_at: tuple[int, ...] = ()
 
 
 def train_pairs(products: data_mod.TextTable | None = None) -> tuple[list[str], list[list[str]]]:
@@ -68,6 +75,19 @@ def train_pairs(products: data_mod.TextTable | None = None) -> tuple[list[str], 
             queries.append(query)
             positives.append(titles)
     return queries, positives
+
+
+def snapshot_folder(out: Path, step: int) -> Path:
+    """Where the copy of step ``step`` is kept: beside ``out`` (each checkpoint replaces ``out`` whole)."""
+    return out.parent / f"{out.name}-at-{step}"
+
+
+def train_negatives(queries: list[str], products: data_mod.TextTable | None = None) -> list[list[str]]:
+    """Per train query, the titles of the products its raters judged not relevant (< 2)."""
+    products = products or data_mod.load_sample("products")
+    title_of = dict(zip(products.ids, products.texts))
+    judged = data_mod.load_sample_judgments()
+    return [[title_of[d] for d, r in judged.by_query[q].items() if r < 2.0 and d in title_of] for q in queries]
 
 
 def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str]]] | None = None) -> Path:
@@ -89,6 +109,8 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     queries, positives = pairs or train_pairs()
     if not queries:
         raise ValueError("phase 1 found no judged train pairs")
+    negatives = train_negatives(queries) if config.hard_negatives else None
+    every_title = [t for titles in positives for t in titles]
     tokenizer = load_tokenizer(tokenizer_path("teacher"))
     resuming = (out / "state.pt").is_file()
     model = load_teacher(out / "model" if resuming else teacher_dir())
@@ -109,9 +131,9 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     started = time.perf_counter()
     running = None
 
-    def checkpoint(done: bool) -> None:
+    def checkpoint(done: bool, where: Path = out) -> None:
         elapsed = elapsed_before + time.perf_counter() - started
-        with staged_folder(out) as tmp:
+        with staged_folder(where) as tmp:
             model.transformer.save_pretrained(tmp / "model")
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
                 if (teacher_dir() / name).is_file():
@@ -132,8 +154,16 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
         rows = rng.sample(range(len(queries)), min(config.batch_size, len(queries)))
         titles = [rng.choice(positives[i]) for i in rows]
         q_ids, q_mask = _tokenize(tokenizer, [queries[i] for i in rows])
-        t_ids, t_mask = _tokenize(tokenizer, titles)
-        loss = info_nce(model(q_ids, q_mask), model(t_ids, t_mask), None, config.temperature, positive_ids=titles)
+        hard = []
+        if negatives is not None:
+            for i in rows:
+                own = rng.sample(negatives[i], min(config.hard_negatives, len(negatives[i])))
+                hard += own + [rng.choice(every_title) for _ in range(config.hard_negatives - len(own))]
+        t_ids, t_mask = _tokenize(tokenizer, titles + hard)
+        t_vectors = model(t_ids, t_mask)
+        hard_vectors = t_vectors[len(titles):].reshape(len(rows), config.hard_negatives, -1) if hard else None
+        loss = info_nce(model(q_ids, q_mask), t_vectors[:len(titles)], hard_vectors, config.temperature,
+                        positive_ids=titles)
         optimizer_step(loss, optimizer, scheduler, trainable)
         step += 1
         value = float(loss.detach())
@@ -144,6 +174,8 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
             history.append({"step": step, "nce": round(running, 5)})
         if step % config.checkpoint_every == 0:
             checkpoint(done=False)
+        if step in config.snapshot_at and not (snapshot_folder(out, step) / "model" / ".complete").is_file():
+            checkpoint(done=False, where=snapshot_folder(out, step))
     bar.close()
     model.eval()
     checkpoint(done=True)
@@ -168,7 +200,9 @@ def _finished(out: Path, config: Phase1Config) -> bool:
     if not info_path.is_file():
         return False
     info = json.loads(info_path.read_text())
-    return bool(info.get("done")) and info.get("config", {}).get("max_steps") == config.max_steps
+    saved = info.get("config", {})
+    same = ("max_steps", "lr", "batch_size", "hard_negatives", "seed")
+    return bool(info.get("done")) and all(saved.get(k, 0) == getattr(config, k) for k in same)
 
 
 def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limit: int | None = None, seed: int = 0) -> dict:

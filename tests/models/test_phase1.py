@@ -77,3 +77,16 @@ def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path):
     saved = (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns
     assert judge(folder, threads=1, other_titles=50, queries_limit=12) == verdict
     assert (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns == saved  # read back, not redone
+
+
+def test_hard_negatives_are_the_querys_own_judged_misses():
+    from models.distill.phase1 import train_negatives
+
+    queries, positives = train_pairs()
+    negatives = train_negatives(queries[:300])
+    judged = data_mod.load_sample_judgments()
+    title_of = dict(zip(*(lambda t: (t.ids, t.texts))(data_mod.load_sample("products"))))
+    assert sum(map(len, negatives)) > 50  # the raters' near misses exist for many train queries
+    for query, titles, good in zip(queries, negatives, positives):
+        misses = {title_of[d] for d, r in judged.by_query[query].items() if r < 2.0 and d in title_of}
+        assert set(titles) == misses and not set(titles) & set(good)
