@@ -205,14 +205,14 @@ def serve(
 ) -> None:
     """Serve the HTTP API (every other setting from HLM_* variables)."""
     from service.server import serve as run_server
-    from service.settings import Settings
+    from service.settings import Settings, describe_invalid
 
     overrides = {"artifact_dir": artifact, "host": host, "port": port, "access_log": access_log, "log_level": log_level,
                  "workers": workers}
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except ValueError as exc:
-        typer.echo(f"hlm serve: invalid settings: {exc}", err=True)
+    except ValueError as exc:  # one sentence, without the values (a token is a secret)
+        typer.echo(f"hlm serve: invalid settings: {describe_invalid(exc)}", err=True)
         raise typer.Exit(2)
     code = run_server(settings)
     if code:

@@ -43,6 +43,9 @@ process. Errors are JSON `{"error": {"code", "message"}}`.
 """
 
 
+UNEXPECTED_FAILURE = "Start-up failed on an unexpected error; the server log says which."
+
+
 class StartupAborted(Exception):
     """Start-up refused; the reason was logged as one sentence."""
 
@@ -69,7 +72,10 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{exc.__class__.__name__}: {exc}"
             log.error("start-up stopped: %s", reason)
             log.debug("start-up failure", exc_info=exc)
-            state.phase, state.detail = Phase.FAILED, reason
+            # /readyz answers anyone: our own sentence for a refused artifact, never the raw
+            # text of an unexpected exception (it can carry paths and internals; the log has it).
+            state.phase = Phase.FAILED
+            state.detail = reason if isinstance(exc, ArtifactError) else UNEXPECTED_FAILURE
             if on_fatal is not None:
                 on_fatal(reason)
             return

@@ -279,8 +279,9 @@ class SearchService:
         encoder = encoder_for_model(self.state.runtime, model)
         if encoder is not None:
             return encoder
-        known = ", ".join(repr(n) for n in ["student", "teacher", *model_names(self.state.runtime)])
-        raise ServiceError(f"There is no model {model!r} here; use one of {known}.", code="model_not_found",
+        # Only the two roles: the artifact's model names are for those who hold the admin
+        # token (/v1/info), not for anyone who sends a wrong name.
+        raise ServiceError(f"There is no model {model!r} here; use 'student' or 'teacher'.", code="model_not_found",
                            status=404)
 
     # ---- /v1/stats ----

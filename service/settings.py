@@ -191,6 +191,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("admin_token")
+    @classmethod
+    def _usable_token(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        # A set but empty token used to mean "no auth" (an unset compose variable or an empty
+        # Kubernetes secret opened /admin/*), and one with spaces at its ends "nobody": HTTP
+        # strips them from the Authorization header, so no request could carry it. Refuse both.
+        if value is None:
+            return value
+        token = value.get_secret_value()
+        if not token.strip():
+            raise ValueError("HLM_ADMIN_TOKEN is set but empty or only whitespace; set a real token, or unset it to "
+                             "serve without the admin routes")
+        if token != token.strip() or not all(" " <= c <= "~" for c in token):
+            raise ValueError("HLM_ADMIN_TOKEN must be printable ASCII without whitespace at its ends (HTTP strips "
+                             "it, so no request could carry such a token)")
+        return value
+
     @model_validator(mode="after")
     def _check_bounds(self):
         if self.default_k > self.max_k:
@@ -208,3 +225,17 @@ class Settings(BaseSettings):
     @property
     def teacher_queue_wait_ms(self) -> Optional[float]:
         return self.teacher_max_queue_wait_ms
+
+
+def describe_invalid(exc: Exception) -> str:
+    """One sentence for settings that do not validate, naming the variables and never their
+    values (pydantic's own text repeats the input, which for HLM_ADMIN_TOKEN is the secret)."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc).rstrip(".") + "."
+    parts = []
+    for error in errors(include_url=False, include_input=False, include_context=False):
+        message = str(error["msg"]).removeprefix("Value error, ").rstrip(".")
+        field = ".".join(str(part) for part in error["loc"])
+        parts.append(message if not field or "HLM_" in message else f"HLM_{field.upper()}: {message}")
+    return "; ".join(parts) + "."

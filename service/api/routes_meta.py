@@ -43,8 +43,10 @@ def build_router(service: SearchService) -> APIRouter:
         # This process's own count beside the sums of /metrics (under --workers N, which worker did what).
         process = {"process": {"pid": os.getpid(), "workers": service.settings.workers,
                                "queries": service.metrics.own_queries()}}
-        return Response(dumps({"version": VERSION, "status": service.state.phase.value} | runtime.info() | process),
-                        media_type="application/json")
+        body = {"version": VERSION, "status": service.state.phase.value} | runtime.info() | process
+        if service.settings.admin_token is None:
+            body = _public(body)
+        return Response(dumps(body), media_type="application/json")
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True,
                 responses=guarded | {200: {"description": "Prometheus text exposition.",
@@ -55,3 +57,12 @@ def build_router(service: SearchService) -> APIRouter:
         return Response(body, media_type=content_type)
 
     return router
+
+
+def _public(info: dict) -> dict:
+    """/v1/info for anyone (no HLM_ADMIN_TOKEN configured): without the file system paths and the
+    pid, which tell an attacker where things live and which process to aim at. What is served
+    (sha256, models, limits) stays: clients need it."""
+    artifact = {k: v for k, v in info["artifact"].items() if k not in ("path", "resolved")}
+    process = {k: v for k, v in info["process"].items() if k != "pid"}
+    return info | {"artifact": artifact, "process": process}
