@@ -67,9 +67,12 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
             409: {"model": ErrorResponse, "description": "Live keywords are off (no HLM_STATE_DIR)."},
             413: {"model": ErrorResponse, "description": "More than HLM_MAX_KEYWORD_ITEMS upserts + deletes."},
             422: {"model": ErrorResponse, "description": "Invalid: empty or over-long text, repeated id, bad id, "
-                                                         "attribute of an unknown type; nothing applied."},
+                                                         "attribute of an unknown type, or refused by the index's "
+                                                         "own rules (`change_refused`); nothing applied."},
             429: {"model": ErrorResponse, "description": "The ingest queue is full; retry after Retry-After."},
-            503: {"model": ErrorResponse, "description": "Not ready, or the change could not be logged (nothing applied)."},
+            503: {"model": ErrorResponse, "description": "Not ready; `not_applied`: the change could not be logged "
+                                                         "(nothing applied); `not_visible`: logged and durable, applied "
+                                                         "to the index once it answers again (resending is safe)."},
         },
     )
     async def keywords(request: Request) -> Response:

@@ -7,8 +7,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import NotReady, Overloaded, ServiceError
-from service.live.keywords import LiveUnavailable
+from service.errors import InvalidRequest, NotReady, Overloaded, ServiceError
+from service.live.keywords import ChangeRefused, LiveUnavailable, NotVisible
 from service.protocol import KeywordsRequest
 from service.serving import JSON, SearchService, dumps, parse
 
@@ -61,8 +61,12 @@ async def change_keywords(service: SearchService, request: Request) -> Response:
         # Not tied to the client's connection: the change is applied whole even if the client
         # leaves, and its answer (or a retry's) says where it stands.
         result: dict[str, Any] = await future
-    except LiveUnavailable as exc:
+    except LiveUnavailable as exc:  # not logged: nothing applied
         raise NotReady(str(exc), code="not_applied", headers={"Retry-After": str(service.settings.retry_after_s)}) from None
+    except NotVisible as exc:  # logged and durable, the index takes it once it answers again
+        raise NotReady(str(exc), code="not_visible", headers={"Retry-After": str(service.settings.retry_after_s)}) from None
+    except ChangeRefused as exc:  # the index's own rules, checked before logging: nothing applied
+        raise InvalidRequest(str(exc), code="change_refused") from None
     return Response(dumps(result), media_type=JSON)
 
 

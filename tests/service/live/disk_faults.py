@@ -32,16 +32,23 @@ def small_disk(path: Path, size: int = 64 * 1024) -> Iterator[Optional[Path]]:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(disk: Path) -> Path:
-    """Take every free page of ``disk`` with one file (remove it to free them again)."""
-    filler = disk / "filler"
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Take every free page of ``disk`` but ``leave`` with one file (remove it to free them again)."""
+    filler = disk / f"filler-{len(list(disk.glob('filler-*')))}"
     with open(filler, "wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * PAGE)
         except OSError:
             pass
+        handle.truncate(max(0, handle.tell() - leave * PAGE))  # a tmpfs frees the pages cut off
     return filler
+
+
+def pages(*paths: Path) -> int:
+    """The pages a tmpfs needs for these files (and every file under these folders)."""
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
+    return sum(-(-f.stat().st_size // PAGE) for f in files)
 
 
 @contextlib.contextmanager

@@ -158,6 +158,32 @@ def test_a_refused_append_on_a_full_disk_is_not_written_by_the_next_one(tmp_path
         assert [(r.sequence, r.upsert_ids) for r in records] == [(1, ["a"]), (2, ["retried"])]
 
 
+
+@pytest.mark.parametrize("fault", ["tmpfs", "rlimit"])
+def test_a_log_reset_that_fails_for_lack_of_space_leaves_the_log_open_and_whole(tmp_path, fault):
+    """The emptied log cannot be written (no page for it, or not even its 8-byte header): the
+    old log must stay open and appendable, not closed (every later write a 500, #28 finding 5)."""
+    with small_disk(tmp_path / "disk") as disk:
+        if fault == "tmpfs" and disk is None:
+            pytest.skip("mounting a tmpfs is not allowed here (the rlimit case covers the same path)")
+        path = (disk or tmp_path) / "wal.log"
+        wal, _ = Wal.open(path)
+        wal.append(change(1, ["a"]))
+        if fault == "tmpfs":
+            filler = fill(disk)
+            with pytest.raises(OSError):
+                wal.reset()
+            filler.unlink()
+        else:
+            with file_size_limit(4):
+                with pytest.raises(OSError):
+                    wal.reset()
+        assert not path.with_name("wal.log.tmp").exists()
+        wal.append(change(2, ["b"]))
+        wal.close()
+        assert [r.sequence for r in Wal.open(path)[1]] == [1, 2]
+
+
 # ---- damage in the middle of the log (#28 finding 9): never taken for a torn tail ----
 
 def three_records(path):
