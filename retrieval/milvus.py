@@ -60,6 +60,7 @@ MAX_ATTRIBUTES = 64  # per keyword: the array field's capacity
 # 64 + 6 x 256 + the brackets stay under 2048.
 KEY_MAX = 2048
 _INT64 = 2**63
+LOAD_AT_START_S = 30.0  # how long start-up and the readiness probe wait for a collection to load
 # pymilvus logs every failed RPC, and every failed reconnection, with its traceback: while
 # Milvus is down that is two tracebacks per query. This module logs one line per change of
 # health instead. (Set after pymilvus is imported: its logging.config call resets children.)
@@ -210,7 +211,7 @@ class MilvusIndex:
         try:
             exists = self.client.has_collection(collection, timeout=timeout_s)
             if exists:
-                self._load()
+                self._load(max(timeout_s, LOAD_AT_START_S))
         except self._errors as exc:
             raise MilvusUnreachable(f"Milvus at {uri} does not answer ({_reason(exc)}).") from None
         if not exists:
@@ -240,8 +241,13 @@ class MilvusIndex:
         self._set_health(True)
         return result
 
-    def _load(self) -> None:
-        self.client.load_collection(self.collection, timeout=max(self.timeout_s, 30.0))
+    def _load(self, timeout_s: Optional[float] = None) -> None:
+        """Load the collection, waiting ``timeout_s`` (default: the call timeout). A call that
+        finds it released runs in the encoder's batch thread: waiting 30 s there held every
+        query of that encoder, whatever HLM_MILVUS_TIMEOUT_S said (#28 finding 12). Milvus goes
+        on loading after the client stops waiting; the readiness probe (``healthy``) and
+        start-up wait longer, off the query path."""
+        self.client.load_collection(self.collection, timeout=self.timeout_s if timeout_s is None else timeout_s)
 
     def _set_health(self, ok: bool, exc: Optional[BaseException] = None) -> None:
         with self._health_lock:
@@ -256,7 +262,7 @@ class MilvusIndex:
         try:
             state = self._call(self.client.get_load_state, self.collection).get("state")
             if getattr(state, "name", str(state)) != "Loaded":
-                self._call(self.client.load_collection, self.collection, timeout=max(self.timeout_s, 30.0))
+                self._call(self.client.load_collection, self.collection, timeout=max(self.timeout_s, LOAD_AT_START_S))
         except IndexUnavailable:
             return False
         return True
@@ -312,6 +318,11 @@ class MilvusIndex:
         return (rows[0]["text"], dict(rows[0].get("attributes") or {})) if rows else None
 
     # ---- write side (one writer at a time, as the protocol says) ----
+
+    def check_rows(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict]) -> None:
+        """ValueError unless ``upsert`` would take these rows (no call to Milvus): the live
+        writer asks before it logs a change, so the log never holds one Milvus then refuses."""
+        keyword_rows(ids, vectors, texts, attributes, self.dim)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict]) -> None:
         rows = keyword_rows(ids, vectors, texts, attributes, self.dim)

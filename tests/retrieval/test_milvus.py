@@ -8,6 +8,7 @@ and a Milvus that is down yields the dedicated exceptions, never a generic crash
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -317,3 +318,89 @@ def test_hlm_index_push_over_the_uri(lite_server, artifact):
     assert again.exit_code == 0 and "nothing to do" in again.output
     down = runner.invoke(app, ["index", "push", str(artifact), "--uri", f"http://127.0.0.1:{free_port()}"])
     assert down.exit_code == 2 and "cannot be reached" in down.output and "Traceback" not in down.output
+
+
+# ---- what the API admits, Milvus holds (#28 finding 3) ----
+
+# The edges of what service/protocol.py admits: integers of 64 bits, other numbers within
+# -2^63 to 2^63 (the largest double below 2^63, a subnormal, minus zero).
+ADMITTED = [-2**63, 2**63 - 1, float(-2**63), math.nextafter(2.0**63, 0.0), 1e-320, -0.0, 0.5, 2**53 + 1]
+REFUSED = [2**63, -2**63 - 1, 1e19, -1e19, 2.0**63, 1.7976931348623157e308]
+
+
+def _search_body(value) -> str:
+    return json.dumps({"query": "drill", "filter": {"p": value}})
+
+
+def _keywords_body(value) -> str:
+    return json.dumps({"upsert": [{"id": "kw:1", "text": "drill", "attributes": {"p": value}}]})
+
+
+@pytest.mark.parametrize("value", REFUSED, ids=str)
+def test_a_number_milvus_cannot_key_is_a_422_at_validation(value):
+    """Admitted, 1e19 failed inside the search batch (a 500 for every batch-mate) or after an
+    upsert's fsync; now the request alone is refused with a sentence, before either."""
+    from pydantic import ValidationError
+
+    from service.protocol import KeywordsRequest, SearchRequest
+
+    with pytest.raises(ValueError):
+        filter_expression({"p": value})  # what Milvus' side refuses ...
+    for model, body in ((SearchRequest, _search_body(value)), (KeywordsRequest, _keywords_body(value))):
+        with pytest.raises(ValidationError, match=r"64 bits|2\^63"):  # ... the API refuses first
+            model.model_validate_json(body)
+
+
+def test_every_number_the_api_admits_milvus_holds_and_finds(index, query_vectors):
+    from service.protocol import KeywordsRequest, SearchRequest
+
+    ids = [f"num:{i}" for i in range(len(ADMITTED))]
+    attrs = []
+    for i, value in enumerate(ADMITTED):
+        SearchRequest.model_validate_json(_search_body(value))
+        attrs.append(KeywordsRequest.model_validate_json(_keywords_body(value)).upsert[0].attributes | {"i": i})
+    q = query_vectors[2]
+    try:
+        index.upsert(ids, np.stack([q] * len(ids)), ["number"] * len(ids), attrs)
+        for i, value in enumerate(ADMITTED):
+            found = ids_of(index.search(q[None], SearchParams(k=20, filter={"p": value, "i": i})))[0]
+            assert found == [ids[i]], value
+            assert index.get(ids[i])[1]["i"] == i
+    finally:
+        index.delete(ids)
+
+
+# ---- a released collection is loaded again within the call timeout (#28 finding 12) ----
+
+class _ReleasedOnce:
+    """A MilvusClient stand-in whose collection is found released once (a restarted server)."""
+
+    def __init__(self):
+        self.load_timeouts: list[float] = []
+        self.released = True
+
+    def has_collection(self, name, timeout=None):
+        return True
+
+    def load_collection(self, name, timeout=None):
+        self.load_timeouts.append(timeout)
+
+    def search(self, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        if self.released:
+            self.released = False
+            raise MilvusException(code=101, message="collection not loaded")
+        return [[]]
+
+    def close(self):
+        pass
+
+
+def test_a_released_collection_is_loaded_again_within_the_call_timeout_not_30_s():
+    """The reload runs in the encoder's batch thread: it waited max(timeout, 30 s) there."""
+    client = _ReleasedOnce()
+    idx = MilvusIndex("http://milvus:19530", "kw", dim=4, artifact_sha256=None, timeout_s=0.5, client=client)
+    assert client.load_timeouts == [30.0]  # start-up may wait longer: nothing is served yet
+    assert idx.search(np.ones((1, 4), np.float32) / 2, SearchParams(k=3)) == [[]]
+    assert client.load_timeouts == [30.0, 0.5]
