@@ -140,6 +140,34 @@ class HnswIndex:
                 return None
             return self._text[label], dict(self._attrs[label])
 
+    # ---- what a filter can name (service/filters.py: GET /v1/info, the search's filter check) ----
+
+    def attribute_counts(self) -> dict[str, list[tuple[Any, int]]]:
+        """attribute -> [(value, live keywords carrying it)]; values and attributes no live keyword carries left out."""
+        with self._cond:
+            counts = {name: [(key[1], len(labels)) for key, labels in posting.items() if labels]
+                      for name, posting in self._postings.items()}
+        return {name: values for name, values in counts.items() if values}
+
+    def match_counts(self, flt: dict) -> dict[str, Optional[list[int]]]:
+        """Per attribute of ``flt``: None when no live keyword carries it, else how many live
+        keywords carry each of its values (a list's values in order). Costs the filter's size."""
+        out: dict[str, Optional[list[int]]] = {}
+        with self._cond:
+            for name, want in flt.items():
+                posting = self._postings.get(name)
+                if not posting or not any(posting.values()):
+                    out[name] = None
+                    continue
+                out[name] = [len(posting.get(value_key(v), ())) for v in (want if isinstance(want, list) else [want])]
+        return out
+
+    def attributes_of(self, keyword_ids: Sequence[str]) -> list[dict]:
+        """Each live keyword's attributes (a copy; {} for an id no longer live)."""
+        with self._cond:
+            labels = [self._label.get(kid) for kid in keyword_ids]
+            return [dict(self._attrs.get(label, {})) if label is not None else {} for label in labels]
+
     def keywords(self) -> list[tuple[str, str, dict]]:
         """(id, text, attributes) of every live keyword, in label order (a copy: safe beside writes)."""
         with self._cond:

@@ -100,6 +100,7 @@ class SearchRequest(_QueriesIn):
                 {"query": "cordless drill", "k": 10},
                 {"queries": ["cordless drill", "garden hose 50 ft"], "k": 5, "encoder": "teacher"},
                 {"query": "led light bulbs", "k": 20, "ef": 128},
+                {"query": "garden hose", "k": 5, "filter": {"source": "hd"}, "attributes": True},
             ]
         },
     )
@@ -114,6 +115,10 @@ class SearchRequest(_QueriesIn):
         "values (any of); values are strings, numbers or booleans; a keyword without the attribute does not match. "
         "Applied inside the ANN search, so k answers come back whenever k keywords match.",
         examples=[{"source": "hd"}, {"market": ["en-US", "en-GB"], "active": True}],
+    )
+    attributes: bool = Field(
+        False, description="Give each hit its keyword's `attributes` (what `filter` matches on). GET /v1/info lists "
+        "the filterable attributes and their values; a filter naming an attribute no keyword carries is a 422."
     )
 
     @field_validator("filter")
@@ -168,6 +173,8 @@ class Keyword(BaseModel):
     id: str = Field(description="Keyword id from the artifact's keyword store.")
     text: str
     score: float = Field(description="Cosine similarity between query and keyword vectors.")
+    attributes: Optional[dict[str, Any]] = Field(
+        None, description="The keyword's attributes; present only when the request set `attributes: true`.")
 
 
 class Timings(BaseModel):
@@ -214,6 +221,9 @@ class SearchResponse(BaseModel):
     ef: int
     results: list[QueryResult]
     timings: Timings
+    warnings: Optional[list[str]] = Field(
+        None, description="Present only when there is something to say, e.g. a filter value no keyword has "
+        "(a legitimate empty answer, not an error).")
 
 
 class EmbedResult(BaseModel):
@@ -245,7 +255,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
           "hold its encoder longer than HLM_MAX_REQUEST_MS (send fewer or shorter queries)."},
     415: {"model": ErrorResponse, "description": "The body is not `Content-Type: application/json`, or is compressed."},
     422: {"model": ErrorResponse, "description": "Invalid JSON, wrong types, neither or both of `query`/`queries` "
-          "(`{}` included), empty query, k/ef out of range, too many queries."},
+          "(`{}` included), empty query, k/ef out of range, too many queries, a filter attribute no keyword carries."},
     429: {"model": ErrorResponse, "description": "Refused at once: `budget` (the work ahead would keep it past its "
           "encoder's budget), `client_share` (mostly this client's own queued work), `queue_full`; retry after "
           "Retry-After seconds (the expected wait, rounded up)."},

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, Unauthorized
+from service.filters import check_filter, with_attributes
 from service.metrics import Metrics
 from service.protocol import EmbeddingsRequest, EmbedRequest, SearchRequest
 from service.runtime import Answer, Query, Runtime
@@ -156,6 +157,7 @@ class SearchService:
         req = parse(SearchRequest, body, self._context)
         request.scope["hlm.encoder"] = req.encoder
         runtime = self.runtime()
+        warnings = check_filter(runtime.index, req.filter)  # 422: an attribute no keyword carries (service/filters.py)
         slot = runtime.slots[req.encoder]
         texts = req.texts
         query = Query(texts, k=req.k or self.settings.default_k, ef=req.ef or runtime.default_ef, filter=req.filter)
@@ -183,6 +185,8 @@ class SearchService:
                 self.metrics.result_cache_bytes.set(cache.bytes)
         results = [{"query": text, "truncated": truncated, "keywords": keywords}
                    for text, (truncated, keywords) in zip(texts, found)]
+        if req.attributes:
+            warnings += with_attributes(runtime.index, results)
         payload = {
             "encoder": req.encoder,
             "precision": slot.precision,
@@ -191,6 +195,8 @@ class SearchService:
             "results": results,
             "timings": self._timings(request, answer),
         }
+        if warnings:
+            payload["warnings"] = warnings
         response = Response(dumps(payload), media_type=JSON)
         rate = self.settings.shadow_rate
         if missing and rate and req.encoder == "student" and random.random() < rate:

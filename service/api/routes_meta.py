@@ -7,6 +7,7 @@ import os
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from service.filters import catalogue
 from service.protocol import ErrorResponse
 from service.serving import SearchService, dumps
 
@@ -33,7 +34,7 @@ def build_router(service: SearchService) -> APIRouter:
         status, body = service.readiness()
         return JSONResponse(body, status_code=status)
 
-    @router.get("/v1/info", summary="Manifest summary: models, dims, index parameters, eval, artifact sha",
+    @router.get("/v1/info", summary="Manifest summary: models, dims, index parameters, eval, artifact sha; the filterable attributes",
                 responses=guarded | {503: {"description": "No artifact loaded (start-up refused)."}})
     async def info(request: Request) -> Response:
         service.check_admin(request)
@@ -43,7 +44,8 @@ def build_router(service: SearchService) -> APIRouter:
         # This process's own count beside the sums of /metrics (under --workers N, which worker did what).
         process = {"process": {"pid": os.getpid(), "workers": service.settings.workers,
                                "queries": service.metrics.own_queries()}}
-        body = {"version": VERSION, "status": service.state.phase.value} | runtime.info() | process
+        body = ({"version": VERSION, "status": service.state.phase.value} | runtime.info()
+                | {"filters": catalogue(runtime.index)} | process)
         if service.settings.admin_token is None:
             body = _public(body)
         return Response(dumps(body), media_type="application/json")
