@@ -7,12 +7,14 @@ nor on their order.
 
 from __future__ import annotations
 
+import html.entities
 import json
+import re
 import unicodedata
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from pydantic import ValidationError
 
 from artifact.text import normalise_text
@@ -31,10 +33,25 @@ CTX = {"settings": Settings(max_k=50, max_ef=500, max_queries=4, max_query_chars
 ODD = "\x00\x07\t\n\r\x1b\x7f\x85\x9f\u00a0\u200b\u200c\u200d\u200e\u200f\u2028\u2029\u202e\u2066\ufeff\u0301\u0308" \
       "\u05d0\u05e9\u0627\u0644\u0639\u0631\u0628\u064a\u0629\U0001F600\U0001F44D\U0001F3FD\u3000\ud800\udfff"
 texts = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(ODD)), max_size=60)
+# ... and with HTML character references and their pieces, escaped escapes included
+# ("&amp;amp;", "&&#35;38;" -> "&#38;" -> "&"), for the clean-up's decoding.
+PIECES = ["&", ";", "#", "amp", "amp;", "&amp;", "&#39;", "&#x26;", "&#38;", "&#35;", "&lt;", "&nbsp;", "&#8203;",
+          "&#1;", "&#894;", "&#769;", "&#8490;", "&hellip", "&not", "lt", "x2", "6", "3", "8", "\u037e", "\u0301"]
+entity_texts = st.lists(st.one_of(st.sampled_from(PIECES), st.characters()), max_size=12).map("".join)
+
+
+def decodable_reference(text: str) -> str | None:
+    """A complete HTML character reference left in ``text`` that HTML would decode (numeric up to
+    10 digits, or a known name), found by the standard library's table, not by artifact/text.py."""
+    for match in re.finditer(r"&(#[0-9]{1,10}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]*);", text):
+        if match.group(1).startswith("#") or match.group(1) + ";" in html.entities.html5:
+            return match.group(0)
+    return None
 
 
 @given(texts)
 def test_normalise_text_leaves_no_control_or_invisible_characters(text):
+    assume("&" not in text)  # references: the next test
     out = normalise_text(text)
     assert out == out.strip()
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in out)
@@ -43,7 +60,16 @@ def test_normalise_text_leaves_no_control_or_invisible_characters(text):
     assert "".join(ch for ch in out if not ch.isspace()) == "".join(ch for ch in kept if not ch.isspace())
 
 
-@given(texts)
+@settings(max_examples=500)
+@given(entity_texts)
+def test_normalise_text_leaves_no_reference_to_decode(text):
+    out = normalise_text(text)
+    assert decodable_reference(out) is None, (text, out)
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in out)
+
+
+@settings(max_examples=500)
+@given(st.one_of(texts, entity_texts))
 def test_normalise_text_is_idempotent_nfc_and_single_spaced(text):
     out = normalise_text(text)
     assert normalise_text(out) == out
