@@ -1,8 +1,9 @@
 """``hlm compact``: fold the live keyword changes into a new artifact folder.
 
 Reads the state folder without taking it (the service may be running and holding it): the
-latest snapshot, then the log's whole records after it; a record being written right now
-reads as a torn tail and is left for the next compaction (replaying the state onto the new
+latest snapshot, then the log's whole records after it, again if a snapshot came between
+(``read_state``); a record being written right now reads as a torn tail and is left for the
+next compaction (replaying the state onto the new
 artifact is idempotent, so nothing is lost either way). The new artifact has the artifact's
 keywords minus the deleted and replaced ones, plus the live upserts, a fresh hnsw graph
 (``retrieval.hnsw.build_hnsw``), the attributes of every keyword (``index/attributes.jsonl``)
@@ -24,19 +25,53 @@ from retrieval.hnsw import HnswIndex, build_hnsw, write_attributes
 from retrieval.onnx_encoder import OnnxEncoder
 from service.live.keywords import encode_texts
 from service.live.liveset import LiveSet
-from service.live.snapshot import latest_snapshot, read_snapshot
+from service.live.snapshot import SnapshotError, latest_snapshot, read_snapshot
 from service.live.wal import Change, read_records
 
 ATTRIBUTES_PATH = "index/attributes.jsonl"
 
 
+READ_ATTEMPTS = 20
+
+
 def read_state(state_dir: Path) -> LiveSet:
-    """The live set as the state folder holds it now (read-only; no lock taken)."""
-    snap = latest_snapshot(state_dir)
-    live = read_snapshot(snap) if snap else LiveSet()
-    log_path = state_dir / "wal.log"
-    payloads = read_records(log_path.read_bytes())[0] if log_path.exists() else []
-    pending = [c for c in (Change.decode(p) for p in payloads) if c.sequence > live.sequence]
+    """The live set as the state folder holds it now (read-only; no lock taken).
+
+    The service may take a snapshot (and empty the log) between our reading the snapshot and
+    the log: the log then starts past the snapshot's sequence, and applying it would skip the
+    changes in between while ``folded_sequence`` claimed them (#28 finding 13). So the log
+    must continue the snapshot without a gap, and the snapshot must still be the latest after
+    the log was read; otherwise both are read again.
+    """
+    state_dir = Path(state_dir)
+    for _ in range(READ_ATTEMPTS):
+        snap = latest_snapshot(state_dir)
+        try:
+            live = read_snapshot(snap) if snap else LiveSet()
+        except SnapshotError:
+            if latest_snapshot(state_dir) != snap:  # replaced (and removed) while we read it
+                continue
+            raise
+        log_path = state_dir / "wal.log"
+        payloads = read_records(log_path.read_bytes())[0] if log_path.exists() else []
+        pending = [c for c in (Change.decode(p) for p in payloads) if c.sequence > live.sequence]
+        if latest_snapshot(state_dir) == snap and _continues(live.sequence, pending):
+            return _apply(live, pending)
+    raise ValueError(f"the state folder {state_dir} kept changing while it was read (snapshots in quick "
+                     "succession); run hlm compact again")
+
+
+def _continues(sequence: int, pending: list[Change]) -> bool:
+    """The log's changes follow ``sequence`` one by one (a number repeated: an older version
+    reused one after a failed write, and the later record is the one that stood)."""
+    for change in pending:
+        if change.sequence not in (sequence, sequence + 1):
+            return False
+        sequence = change.sequence
+    return True
+
+
+def _apply(live: LiveSet, pending: list[Change]) -> LiveSet:
     if pending and live.teacher is None:
         live.teacher = pending[0].teacher
     for change in pending:

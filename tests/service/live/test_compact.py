@@ -54,3 +54,43 @@ def test_compact_folds_upserts_deletes_and_attributes_into_a_verified_artifact(s
     assert [row[0].id for row in rows] == ["kw:a", "kw:c"]
     (row,) = new.search(encode_texts(teacher, ["bookshelf"]), SearchParams(5, filter={"market": "en-US"}))
     assert {h.id for h in row} == {"kw:a", "hd:100002"}
+
+
+def test_a_snapshot_taken_while_compact_reads_the_state_costs_no_change(tmp_path, monkeypatch):
+    """compact reads the snapshot, then the log; the service snapshotting (and emptying its log)
+    in between left a log that began after a gap, and the gap's changes were lost while
+    folded_sequence claimed them (#28 finding 13)."""
+    import service.live.compact as compact_module
+    from live_fakes import DictIndex, FakeEncoder
+
+    encoder = FakeEncoder()
+    live = LiveKeywords(tmp_path, Metrics(), snapshot_every=1000, niceness=0)
+    live.attach(DictIndex(), encoder, "teacher-sha")
+
+    def change(n: int, delete=()):  # what the writer thread does for one request
+        ids = [f"kw:{n}"]
+        live._do_change(ids, [f"text {n}"], [{"n": n}], list(delete), encoder.encode([f"text {n}"]).vectors, "teacher-sha")
+
+    for n in (1, 2, 3):
+        change(n)
+    live._snapshot()
+    for n in (4, 5, 6):
+        change(n, delete=["kw:1"] if n == 5 else ())
+
+    real = compact_module.read_snapshot
+    between = []
+
+    def read_then_the_service_snapshots(path):
+        found = real(path)
+        if not between:  # once: a snapshot at 6 empties the log, then one more change
+            between.append(path.name)
+            live._snapshot()
+            change(7)
+        return found
+
+    monkeypatch.setattr(compact_module, "read_snapshot", read_then_the_service_snapshots)
+    state = compact_module.read_state(tmp_path)
+    live.close()
+    assert between == ["snapshot-000000000003"]
+    assert state.sequence == 7 and sorted(state.upserts) == [f"kw:{n}" for n in (2, 3, 4, 5, 6, 7)]
+    assert state.deletes == {"kw:1"}
