@@ -281,7 +281,8 @@ class EmbeddingsRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="A text or a list of texts (at most HLM_MAX_QUERIES). Token-id arrays are not supported."
     )
-    model: str = Field("student", description="`student`, `teacher`, or either encoder's model name from /v1/info.")
+    model: str = Field("student", description="An id from GET /v1/models (`hlm-student-static`, ...), `student`, `teacher`, "
+                       "or either encoder's model name from /v1/info.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, as OpenAI sends them."
     )
@@ -325,6 +326,21 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingObject]
     model: str = Field(description="The model name the request gave.")
     usage: EmbeddingsUsage
+
+
+class ModelObject(BaseModel):
+    id: str = Field(description="hlm-student-<family> or hlm-teacher-<base>, from the manifest (service/model_ids.py).",
+                    examples=["hlm-student-static"])
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the artifact was built, Unix seconds.")
+    owned_by: str = Field(examples=["hlm"])
+
+
+class ModelList(BaseModel):
+    """OpenAI's `GET /v1/models` answer: what `client.models.list()` reads."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject] = Field(description="The student, then the teacher.")
 
 
 # ---- GET /v1/stats ----

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, Unauthorized
 from service.filters import check_filter, with_attributes
 from service.metrics import Metrics
+from service.model_ids import model_ids
 from service.protocol import EmbeddingsRequest, EmbedRequest, SearchRequest
 from service.runtime import Answer, Query, Runtime
 from service.result_cache import ResultCache
@@ -281,14 +282,14 @@ class SearchService:
         return Response(dumps(payload), media_type=JSON)
 
     def encoder_for_model(self, model: str) -> str:
-        """`student`/`teacher`, or the model name /v1/info lists for one of them."""
+        """`student`/`teacher`, a model id of GET /v1/models, or the model name /v1/info lists for one of them."""
         encoder = encoder_for_model(self.state.runtime, model)
         if encoder is not None:
             return encoder
         # Only the two roles: the artifact's model names are for those who hold the admin
         # token (/v1/info), not for anyone who sends a wrong name.
-        raise ServiceError(f"There is no model {model!r} here; use 'student' or 'teacher'.", code="model_not_found",
-                           status=404)
+        raise ServiceError(f"There is no model {model!r} here; use 'student', 'teacher' or an id that GET /v1/models "
+                           "lists.", code="model_not_found", status=404)
 
     # ---- /v1/stats ----
 
@@ -313,9 +314,11 @@ class SearchService:
 
 
 def model_names(runtime) -> dict[str, str]:
-    """Model name (as /v1/info lists it) -> its encoder; the first listed wins a shared name."""
+    """Model id (GET /v1/models, service/model_ids.py) or model name (as /v1/info lists it) -> its
+    encoder; the first listed wins a shared name."""
     names: dict[str, str] = {}
     if runtime is not None:
+        names = {model_id: encoder for encoder, model_id in model_ids(runtime.manifest).items()}
         for name, spec in runtime.manifest["encoders"].items():
             if spec.get("model"):
                 names.setdefault(spec["model"], name)

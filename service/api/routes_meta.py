@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from service.filters import catalogue
+from service.model_ids import model_ids
 from service.protocol import ErrorResponse
 from service.serving import SearchService, dumps
 
@@ -46,6 +47,8 @@ def build_router(service: SearchService) -> APIRouter:
                                "queries": service.metrics.own_queries()}}
         body = ({"version": VERSION, "status": service.state.phase.value} | runtime.info()
                 | {"filters": catalogue(runtime.index)} | process)
+        for encoder, model_id in model_ids(runtime.manifest).items():  # what GET /v1/models lists
+            body["encoders"][encoder] = {"id": model_id} | body["encoders"][encoder]
         if service.settings.admin_token is None:
             body = _public(body)
         return Response(dumps(body), media_type="application/json")

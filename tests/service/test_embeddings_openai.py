@@ -7,6 +7,9 @@ route must hand back the same vectors (it rides the same batcher), in OpenAI's s
 from __future__ import annotations
 
 import base64
+import json
+import re
+from datetime import datetime
 
 import numpy as np
 import openai
@@ -72,11 +75,45 @@ def test_the_encoders_model_names_from_info_are_accepted(server, client):
     assert cosines(np.array([response.data[0].embedding]), reference(server, [ONE], "teacher"))[0] > 0.999
 
 
+# ---- GET /v1/models: the ids clients use ----
+
+ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+def test_client_models_list_names_both_encoders_by_identifier(server, client, small_artifact):
+    manifest = json.loads((small_artifact / "manifest.json").read_text())
+    models = client.models.list().data
+    ids = [m.id for m in models]
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(ID.match(i) for i in ids), ids
+    student, teacher = models
+    # Derived from the manifest: the small artifact's student is MiniLM-L6 with a fitted
+    # (closed-form) projection, its teacher the packaged all-mpnet-base-v2.
+    assert student.id == "hlm-student-" + manifest["profile"]["student"] + "-linear"
+    assert teacher.id == "hlm-teacher-mpnet"
+    built = int(datetime.fromisoformat(manifest["created_utc"]).timestamp())
+    assert all(m.object == "model" and m.owned_by == "hlm" and m.created == built for m in models)
+    info = server.client.get("/v1/info").json()["encoders"]
+    assert [info["student"]["id"], info["teacher"]["id"]] == ids
+    assert client.models.retrieve(teacher.id).id == teacher.id
+    assert client.models.retrieve("student").id == student.id  # the role names stay accepted
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("text-embedding-3-small")
+
+
+@pytest.mark.parametrize("encoder", ["student", "teacher"])
+def test_a_listed_id_gives_its_encoders_vectors(server, client, encoder):
+    model_id = server.client.get("/v1/info").json()["encoders"][encoder]["id"]
+    response = client.embeddings.create(input=MANY, model=model_id, encoding_format="float")
+    assert response.model == model_id
+    vectors = np.array([d.embedding for d in response.data], dtype=np.float64)
+    assert cosines(vectors, reference(server, MANY, encoder)).min() > 0.999
+
+
 def test_an_unknown_model_is_a_404_in_the_services_error_shape(server, client):
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(input=ONE, model="text-embedding-3-small")
     err = error_of(server.client.post("/v1/embeddings", json={"input": ONE, "model": "text-embedding-3-small"}))
-    assert err["code"] == "model_not_found" and "'student'" in err["message"]
+    assert err["code"] == "model_not_found" and "'student'" in err["message"] and "/v1/models" in err["message"]
 
 
 @pytest.mark.parametrize("body, words", [
