@@ -43,8 +43,8 @@ def _sweep_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin", action="store_true", help="do not pin generator/server to separate cores")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "python -m loadtest") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0].replace("python -m loadtest", prog))
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="one step at one rate (open loop) or N clients (closed loop)")
@@ -96,8 +96,8 @@ def _print_step(step) -> None:
         print(f"  server: {step.server_note}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m loadtest") -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.cmd == "run":
         from loadtest.cpus import pinned
         from loadtest.queries import load_queries
