@@ -229,12 +229,23 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     teacher_id = teacher_key(profile.max_length, teacher_folder) if teacher_folder else "packaged"
     key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
+    table_tokens = None
+    if profile.static_table == "texts":
+        # Every text the student is trained, validated, exported or gated on (the held-out and
+        # gate queries' tokens get the teacher's own rows, as the whole table gives them).
+        from models.distill.static import text_tokens
+
+        table_tokens = out_root / "table-tokens.npy"
+        out_root.mkdir(parents=True, exist_ok=True)
+        np.save(table_tokens, text_tokens(data.texts + data.pair_queries + inputs.heldout_queries
+                                          + _gate_queries(profile)[0]))
+        print(f"  static table: the {len(np.load(table_tokens))} tokens of the build's texts (the others weigh nothing)")
     (m2, m3), (s2, s3) = profile.distill_minutes, profile.distill_steps
     done = run_phases(
         profile.student, data, out_root, profile.distill_phases,
         phase2={"minutes": m2, "max_steps": s2}, phase3={"minutes": m3, "max_steps": s3, "kl_weight": profile.distill_kl,
                                                     "l2_weight": profile.distill_l2}, threads=threads,
-        teacher_folder=teacher_folder,
+        teacher_folder=teacher_folder, table_tokens=table_tokens,
     )
     return done.get("phase3") or done["phase2"]
 
@@ -260,6 +271,11 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
         note = f"{spec.name} trained by hlm distill ({info.get('phase', 'distilled')}, step {step})"
         if info.get("cut_short"):
             note += f"; {info['cut_short']}"
+        if (info.get("config") or {}).get("table_tokens"):
+            import numpy
+
+            held = len(numpy.load(info["config"]["table_tokens"]))
+            note += f"; its table holds the {held} tokens of the build's texts, other tokens weigh nothing"
         return load_student_checkpoint(checkpoint), note, tokenizer_name(spec), is_quantizable(spec)
 
     base = load_student_base()
@@ -281,14 +297,21 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
     return attach_projection(base, weight, bias), note, "student", True
 
 
-def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
-    """Score teacher and (int8, the served precision) student on judged dev queries."""
-    from models.eval.judged import JudgedEval, judged_queries
-    from models.eval.gate import check_gate
+def _gate_queries(profile):
+    """The gate's judged dev queries, their judgments, and every product's title by id."""
+    from models.eval.judged import judged_queries
 
     products = data_mod.load_sample("products")
-    title_of = dict(zip(products.ids, products.texts))
     queries, judgments = judged_queries(products.ids, "dev", profile.gate_queries)
+    return queries, judgments, dict(zip(products.ids, products.texts))
+
+
+def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
+    """Score teacher and (int8, the served precision) student on judged dev queries."""
+    from models.eval.judged import JudgedEval
+    from models.eval.gate import check_gate
+
+    queries, judgments, title_of = _gate_queries(profile)
     pool = [k[3:] for k in inputs.keyword_ids if k.startswith("hd:")]
     pool = list(dict.fromkeys(pool + [d for graded in judgments for d in graded]))
     vectors = cached_encode(teacher, teacher_cache, [title_of[d] for d in pool], "gate products (teacher)")

@@ -65,11 +65,14 @@ def run_phases(
     phase3: dict | None = None,
     threads: int = 2,
     teacher_folder: Path | None = None,
+    table_tokens: Path | None = None,
 ) -> dict[str, Path]:
     """Phases 2 and/or 3 (phase 1, the teacher's fine-tune, is ``models.distill.phase1``);
-    ``teacher_folder`` is that fine-tuned teacher when there is one."""
+    ``teacher_folder`` is that fine-tuned teacher when there is one; ``table_tokens`` an .npy
+    of the token ids a static student's table holds (None = the whole vocabulary)."""
     out_root = Path(out_root)
-    common = {"threads": threads, "teacher_folder": str(teacher_folder) if teacher_folder else None}
+    common = {"threads": threads, "teacher_folder": str(teacher_folder) if teacher_folder else None,
+              "table_tokens": str(table_tokens) if table_tokens else None}
     done: dict[str, Path] = {}
     if "2" in phases:
         config = TrainConfig(student=student, out=str(out_root / "phase2"), **common,

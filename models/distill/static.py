@@ -43,7 +43,10 @@ SPECIAL_WEIGHT = 1e-3
 class StaticStudent(nn.Module):
     """input_ids, attention_mask -> L2-normalised weighted mean of token rows (+ head)."""
 
-    def __init__(self, table: np.ndarray, special_ids: list[int], head: bool = False):
+    def __init__(self, table: np.ndarray, special_ids: list[int], head: bool = False,
+                 present: np.ndarray | None = None):
+        """``present``: the token ids whose rows ``table`` holds, when it holds only some (a
+        table restricted to a build's texts); every other token weighs nothing."""
         super().__init__()
         vocab, dim = table.shape
         self.table = nn.Embedding(vocab, dim, sparse=True)
@@ -51,6 +54,10 @@ class StaticStudent(nn.Module):
             self.table.weight.copy_(torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)))
         self.log_weight = nn.Parameter(torch.zeros(vocab))
         keep = torch.ones(vocab)
+        if present is not None:
+            absent = torch.ones(vocab, dtype=torch.bool)
+            absent[torch.as_tensor(np.asarray(present), dtype=torch.long)] = False
+            keep[absent] = 0.0
         keep[torch.tensor(special_ids, dtype=torch.long)] = SPECIAL_WEIGHT
         self.register_buffer("keep", keep)
         # Residual head, zero at the start: the student begins as the plain token average.
@@ -94,22 +101,47 @@ def token_vectors(teacher_encoder, ids: np.ndarray, cls_id: int, sep_id: int, ba
     return out
 
 
-def vocabulary_table(teacher_encoder, vocab_size: int, cls_id: int, sep_id: int, cache_key: str) -> np.ndarray:
-    """``token_vectors`` of the whole vocabulary, cached on disk per teacher (~3 min on 2 cores)."""
+def vocabulary_table(teacher_encoder, vocab_size: int, cls_id: int, sep_id: int, cache_key: str,
+                     ids: np.ndarray | None = None) -> np.ndarray:
+    """``token_vectors`` of the whole vocabulary, cached on disk per teacher (~3 min on 2 cores).
+
+    With ``ids``, only those rows (the others zero): from the whole table when it is cached,
+    else encoded and cached under a name of their own (never as the whole table).
+    """
     path = CACHE_DIR / "static" / f"{cache_key}-vocab{vocab_size}.npy"
-    if path.is_file():
-        table = np.load(path)
-        if table.shape[0] == vocab_size:
-            return table
+    whole = np.load(path) if path.is_file() else None
+    if whole is not None and whole.shape[0] == vocab_size:
+        if ids is None:
+            return whole
+        table = np.zeros_like(whole)
+        table[ids] = whole[ids]
+        return table
+    if ids is not None:
+        import hashlib
+
+        ids = np.asarray(ids, dtype=np.int64)
+        digest = hashlib.sha256(ids.tobytes()).hexdigest()[:12]
+        part = CACHE_DIR / "static" / f"{cache_key}-vocab{vocab_size}-{len(ids)}-{digest}.npy"
+        rows = np.load(part) if part.is_file() else None
+        if rows is None or rows.shape[0] != len(ids):
+            rows = token_vectors(teacher_encoder, ids, cls_id, sep_id)
+            _save(part, rows)
+        table = np.zeros((vocab_size, rows.shape[1]), dtype=np.float32)
+        table[ids] = rows
+        return table
     from tqdm import tqdm
 
     with tqdm(total=vocab_size, desc="static student: teacher vector per token", unit="token", mininterval=5) as bar:
         table = token_vectors(teacher_encoder, np.arange(vocab_size), cls_id, sep_id, progress=bar.update)
+    _save(path, table)
+    return table
+
+
+def _save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as tmp:
-        np.save(tmp, table)
+        np.save(tmp, array)
     os.replace(tmp.name, path)
-    return table
 
 
 def special_token_ids(tokenizer) -> tuple[list[int], int, int]:
@@ -120,8 +152,15 @@ def special_token_ids(tokenizer) -> tuple[list[int], int, int]:
     return special, cls_id, sep_id
 
 
-def make_static_student(teacher_folder: Path | None = None, head: bool = False, threads: int = 2) -> StaticStudent:
-    """A fresh static student initialised from the (phase-1 or packaged) teacher."""
+def make_static_student(teacher_folder: Path | None = None, head: bool = False, threads: int = 2,
+                        tokens: np.ndarray | None = None) -> StaticStudent:
+    """A fresh static student initialised from the (phase-1 or packaged) teacher.
+
+    ``tokens``: hold rows for these token ids only (the special tokens are added); every
+    other token weighs nothing. On every text made of these tokens the student is the one
+    the whole table gives, before and after training: a token's row and weight move only
+    when a batch uses it. The ``tiny`` test profile uses it (models/profiles.py).
+    """
     from models.distill.teacher_vectors import TeacherVectors, teacher_key
     from models.encoders import tokenizer_path
     from retrieval.onnx_encoder import load_tokenizer
@@ -130,5 +169,21 @@ def make_static_student(teacher_folder: Path | None = None, head: bool = False, 
     special, cls_id, sep_id = special_token_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     teacher = TeacherVectors(threads, folder=teacher_folder)
-    table = vocabulary_table(teacher.encoder(), vocab_size, cls_id, sep_id, teacher_key(folder=teacher_folder))
-    return StaticStudent(table, special, head=head)
+    if tokens is not None:
+        tokens = np.unique(np.concatenate([np.asarray(tokens, dtype=np.int64), np.asarray(special + [cls_id, sep_id])]))
+    table = vocabulary_table(teacher.encoder(), vocab_size, cls_id, sep_id, teacher_key(folder=teacher_folder), tokens)
+    return StaticStudent(table, special, head=head, present=tokens)
+
+
+def text_tokens(texts, tokenizer=None) -> np.ndarray:
+    """The sorted distinct teacher-tokenizer ids of ``texts`` (what a restricted table holds)."""
+    if tokenizer is None:
+        from models.encoders import tokenizer_path
+        from retrieval.onnx_encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_path("teacher"))
+    ids = set()
+    for start in range(0, len(texts), 1024):
+        for enc in tokenizer.encode_batch(list(texts[start:start + 1024])):
+            ids.update(enc.ids)
+    return np.array(sorted(ids), dtype=np.int64)

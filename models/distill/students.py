@@ -62,18 +62,20 @@ def is_quantizable(spec: StudentSpec) -> bool:
 
 
 def make_student(
-    spec: StudentSpec, projection: tuple[np.ndarray, np.ndarray] | None = None, teacher_folder: str | Path | None = None
+    spec: StudentSpec, projection: tuple[np.ndarray, np.ndarray] | None = None, teacher_folder: str | Path | None = None,
+    table_tokens: np.ndarray | None = None,
 ) -> SentenceEncoder:
     """A fresh student; for projected students, the projection's starting weights.
 
     Without ``projection`` weights the projection starts as a random init; the trainer
     passes the closed-form fit instead, which is a much better starting point. Cut
-    students start from ``teacher_folder`` (a phase-1 fine-tuned teacher) when given.
+    students start from ``teacher_folder`` (a phase-1 fine-tuned teacher) when given. A static
+    student's table holds only ``table_tokens`` when given (``make_static_student``).
     """
     if spec.family == "static":
         from models.distill.static import make_static_student
 
-        return make_static_student(Path(teacher_folder) if teacher_folder else None, head=spec.head)
+        return make_static_student(Path(teacher_folder) if teacher_folder else None, head=spec.head, tokens=table_tokens)
     if spec.family == "mpnet":
         model = load_teacher(Path(teacher_folder) if teacher_folder else None)
         keep_first_layers(model.transformer, spec.layers)

@@ -40,6 +40,9 @@ class TrainConfig:
     out: str = "runs/students/minilm-l6"
     init: str | None = None  # start from this checkpoint (phase 3 starts from phase 2)
     teacher_folder: str | None = None  # a phase-1 fine-tuned teacher: cut students start from it
+    # A static student whose table holds only these token ids (an .npy file of them): the
+    # tiny test profile's (models/profiles.py). None = the whole vocabulary.
+    table_tokens: str | None = None
     l2_weight: float = 1.0
     contrastive_weight: float = 0.0
     kl_weight: float = 0.0
@@ -101,7 +104,8 @@ def train(config: TrainConfig, data: TrainingData, initial_projection=None) -> P
     spec = get_spec(config.student)
     tokenizer = load_tokenizer(tokenizer_path(tokenizer_name(spec)))
 
-    model = make_student(spec, initial_projection, config.teacher_folder)
+    tokens = np.load(config.table_tokens) if config.table_tokens else None
+    model = make_student(spec, initial_projection, config.teacher_folder, tokens)
     state = None
     if (out / "state.pt").is_file():
         saved_spec, _ = read_spec(out)

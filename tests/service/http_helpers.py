@@ -61,6 +61,7 @@ class Server:
     """`python -m hlm.cli serve` in a subprocess, its log in a file."""
 
     def __init__(self, artifact: Path, log_path: Path, **settings):
+        self.artifact = Path(artifact)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
