@@ -200,6 +200,11 @@ class Batcher:
         return self._jobs_queued
 
     @property
+    def stopped(self) -> bool:
+        """The worker has ended (after ``close``): nothing calls ``fn`` or ``calibrate`` again."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    @property
     def cost_per_query(self) -> float:
         """Seconds one short query costs (what the per-query model used to measure)."""
         return self.cost_per_unit * QUERY_TOKENS

@@ -103,6 +103,9 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         set_build_info(metrics, runtime, routes_meta.VERSION)
         log.info("artifact %s verified (sha256 %s)", settings.artifact_dir, str(manifest.get("artifact_sha256"))[:12])
         loader = asyncio.create_task(load_in_background(runtime))
+        # state.runtime is the one reference to what is served: this frame lives as long as
+        # the app, so a local here would keep the first artifact in memory after every reload.
+        del runtime, manifest
         if settings.workers > 1:
             # A worker of `hlm serve --workers N` takes connections only once it can answer
             # them (uvicorn listens after this start-up): a replacement or a rolled worker

@@ -308,6 +308,14 @@ class Runtime:
         for slot in self.slots.values():
             if slot.batcher is not None:
                 await slot.batcher.close()
+        # The batch function and the calibration close over this runtime (runtime -> slot ->
+        # batcher -> closure -> runtime): cut the loop once the workers have stopped, so the
+        # artifact (ONNX sessions, index: ~1 GB on the full one) is freed when the reload drops
+        # its last reference, not whenever the cyclic GC next reaches its oldest generation,
+        # which it did not do for minutes: every reload kept the old artifact (issue #28 A).
+        for slot in self.slots.values():
+            if slot.batcher is not None and slot.batcher.stopped:
+                slot.batcher.fn = slot.batcher.calibrate = None
 
     # ---- the batch function (worker thread) ----
 
