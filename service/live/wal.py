@@ -178,7 +178,10 @@ class Wal:
         data = path.read_bytes()
         payloads, good, dropped = read_records(data)
         changes = _decode_all(path, payloads)
-        if not dropped:
+        if not dropped and len(data) >= len(MAGIC):
+            return cls(path), changes
+        if not dropped:  # an empty file: appended to as it is, the log would have no header
+            _write_empty(path)
             return cls(path), changes
         log.warning("write-ahead log %s: dropped %s (%d bytes; a crash mid-write, never acknowledged); "
                     "%d whole records kept", path, dropped, len(data) - good, len(payloads))

@@ -23,7 +23,7 @@ from service.live.keywords import ChangeRefused, Handover, LiveKeywords, LiveUna
 from service.live.wal import Change, Wal
 from service.metrics import Metrics
 
-from disk_faults import PAGE, file_size_limit, fill, pages, small_disk
+from disk_faults import file_size_limit, fill, pages, small_disk
 from live_fakes import DictIndex, FakeEncoder
 
 TEACHER = "teacher-sha"

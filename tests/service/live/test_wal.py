@@ -290,3 +290,16 @@ def test_a_snapshot_replaced_at_its_own_sequence_leaves_one_whole_after_a_crash_
             assert [p.name for p in state.iterdir() if p.name.startswith("snapshot-")] == [found.name]
             break
     assert len(crashed_at) >= 4
+
+
+def test_an_empty_log_file_gets_its_header_before_the_first_record(tmp_path):
+    """A created log whose header never reached the disk is 0 bytes: appending to it as it was
+    wrote a record with no header, and the next start-up refused the log (found by the
+    power-loss replay, tests/reliability/test_power_loss.py)."""
+    path = tmp_path / "wal.log"
+    path.write_bytes(b"")
+    wal, records = Wal.open(path)
+    assert records == [] and path.read_bytes() == MAGIC
+    wal.append(change(1, ["a"]))
+    wal.close()
+    assert [r.sequence for r in Wal.open(path)[1]] == [1]
