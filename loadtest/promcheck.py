@@ -45,10 +45,11 @@ def prometheus_binary() -> str | None:
 
 
 def validate_rules(path: Path) -> str | None:
-    """None if ``promtool check rules`` accepts ``path`` (or promtool is absent), else its message."""
+    """None if ``promtool check rules`` accepts ``path``, else why not (its message, or that
+    promtool is not installed: rules nobody checked are not valid rules)."""
     promtool = shutil.which("promtool")
     if not promtool:
-        return None
+        return f"promtool is not installed, so {path} was not checked (apt-get install -y prometheus)"
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
 

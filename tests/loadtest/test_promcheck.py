@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.promcheck import RULES_FILE, check_against_prometheus
+from loadtest.promcheck import RULES_FILE, check_against_prometheus, validate_rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 from http_helpers import Server  # noqa: E402
@@ -78,3 +78,16 @@ def test_prometheus_rate_p99_matches_our_delta():
         assert row["exact"], (name, row)
         assert row["agree"], (name, row)  # over rate()[1m]: within 10 % or the same bucket
     assert res.agree
+
+
+def test_the_rules_are_valid_only_when_promtool_checked_them(tmp_path, monkeypatch):
+    """promtool accepts the shipped rules and refuses a broken file; without promtool the
+    rules are not called valid (the check used to pass silently when it was missing)."""
+    assert shutil.which("promtool"), "promtool is not installed (apt-get install -y prometheus; scripts/test.sh does)"
+    assert validate_rules(RULES_FILE) is None
+    broken = tmp_path / "rules.yml"
+    broken.write_text("groups:\n  - name: x\n    rules:\n      - record: a:b\n        expr: rate(x[1m]\n")
+    assert validate_rules(broken)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no promtool on it
+    message = validate_rules(RULES_FILE)
+    assert message and "promtool is not installed" in message
