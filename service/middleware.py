@@ -43,6 +43,7 @@ import time
 from typing import Optional
 
 from pydantic_core import from_json
+from starlette.requests import ClientDisconnect
 
 from service.batcher import REQUEST, Ticket
 from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, Refusal, ServiceError, error_body, refusal_error
@@ -192,14 +193,19 @@ class EdgeMiddleware:
         except (BodyTooLarge, BodyTimeout) as exc:  # raised by our receive where no handler caught it
             if not started:
                 await _send_error(tracking_send, exc.status, exc.code, exc.message, exc.headers)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                await _send_error(tracking_send, *INTERNAL_ERROR)
-            status = 500
+        except Exception as exc:
+            if isinstance(exc, ClientDisconnect) or scope.get("hlm.client_gone"):
+                status = 499  # the client left mid-body: nobody to answer, and not a server error
+            else:
+                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                if not started:
+                    await _send_error(tracking_send, *INTERNAL_ERROR)
+                status = 500
         finally:
             if ticket.limit is not None:
                 ticket.limit.release(client)
+            if scope.get("hlm.client_gone"):  # left before its answer was written (server.py drops it)
+                status = 499
             elapsed = time.perf_counter() - start
             self._observe(scope, status, elapsed)
             if status == 200 and ticket.batcher is not None and ticket.queue_s is not None:

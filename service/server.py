@@ -52,6 +52,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._cycles = []  # this connection's requests not yet answered (see connection_lost)
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
@@ -63,6 +64,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
+        # uvicorn marks only its newest request disconnected. With pipelined requests the one
+        # running is an older one: its answer was then written to the closed transport (uvloop:
+        # RuntimeError "the handler is closed", a traceback and a 500 in the metrics for a
+        # client that left). Every unanswered request of the connection is marked, so its
+        # answer is dropped quietly, and its scope says why (counted 499 by the edge).
+        for cycle in getattr(self, "_cycles", ()):
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.scope["hlm.client_gone"] = True
+                cycle.message_event.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -100,6 +111,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._too_large()
             return
         super().on_headers_complete()
+        self._cycles = [c for c in self._cycles if not c.response_complete] + [self.cycle]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
