@@ -174,12 +174,18 @@ def build(
             print(f"  {gate.message}")
 
         with timer.step("manifest"):
+            from artifact.judged import write_judged
+            from models.eval.judged import dev_labels
+
+            # The dev split's judged queries over the indexed products: the playground's labels.
+            judgments = write_judged(stage, dev_labels(inputs.keyword_ids))
             teacher_note = TEACHER_NAME if teacher_folder is None else (
                 f"{TEACHER_NAME} fine-tuned on judged train pairs (phase 1, step {phase1['step']})")
             manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok, teacher_note,
                                  int8=student8 is not None)
             manifest["servable"] = gate.servable
             manifest["gate"] = gate.to_dict()
+            manifest["judgments"] = judgments
             manifest = write_manifest(stage, manifest)
             verify(stage)
 

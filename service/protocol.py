@@ -369,6 +369,21 @@ class StatsResponse(BaseModel):
     series: dict[str, list[StatsPoint]] = Field(description="Per interval between readings, oldest first.")
 
 
+# ---- GET /v1/judgments ----
+
+
+class JudgmentsResponse(BaseModel):
+    available: bool = Field(description="Whether this artifact carries judged queries (artifact/judged.py).")
+    note: Optional[str] = Field(None, description="Why not, when it does not.")
+    split: Optional[str] = Field(None, description="`dev`: held out from every training phase.")
+    scale: Optional[str] = None
+    count: Optional[int] = Field(None, description="Without `query`: how many judged queries.")
+    queries: Optional[list[str]] = Field(None, description="Without `query`: every judged query.")
+    query: Optional[str] = Field(None, description="With `query`: the query after the clean-up searches get.")
+    judged: Optional[bool] = None
+    labels: Optional[dict[str, float]] = Field(None, description="keyword id -> relevance, 1 (irrelevant) to 3.")
+
+
 # ---- attributes: what a keyword carries and a filter matches ----
 
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -61,6 +61,15 @@ def judged_queries(known_ids, split: str = "dev", limit: int | None = None) -> t
     return queries[:limit], judgments[:limit]
 
 
+def dev_labels(keyword_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The dev split's judged queries whose judged products are among ``keyword_ids`` (the build's
+    ``hd:<uid>`` ids, models/inputs.py), each with those products' labels by keyword id: what the
+    artifact's ``eval/judged_dev.json`` holds (artifact/judged.py)."""
+    indexed = [k[3:] for k in keyword_ids if k.startswith("hd:")]
+    queries, judgments = judged_queries(indexed, "dev")
+    return {q: {f"hd:{doc}": r for doc, r in graded.items()} for q, graded in zip(queries, judgments)}
+
+
 def judged_eval_set(product_vectors_fn: Callable[[list[str]], np.ndarray], split: str = "dev", limit: int | None = None) -> JudgedEval:
     """The judged evaluation set; ``product_vectors_fn`` gives teacher vectors for titles."""
     products = data_mod.load_sample("products")

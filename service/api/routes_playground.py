@@ -1,14 +1,19 @@
-"""GET / (the relevance playground: static files from service/static) and GET /v1/stats."""
+"""GET / (the relevance playground: static files from service/static), GET /v1/stats and
+GET /v1/judgments (the artifact's judged dev queries, for the playground's labels)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Optional
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.errors import ServiceError
-from service.protocol import ErrorResponse, StatsResponse
+from artifact.text import normalise_text
+from service import judgments
+from service.errors import InvalidRequest, ServiceError
+from service.protocol import ErrorResponse, JudgmentsResponse, StatsResponse
 from service.serving import JSON, SearchService, dumps
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -46,5 +51,23 @@ def build_router(service: SearchService) -> APIRouter:
         between readings; guarded like /metrics, whose numbers these are."""
         service.check_admin(request)
         return Response(dumps(service.stats()), media_type=JSON)
+
+    @router.get("/v1/judgments", tags=["operations"], response_model=JudgmentsResponse,
+                responses={422: {"model": ErrorResponse, "description": "The query is empty or too long."},
+                           503: {"model": ErrorResponse, "description": "Not ready yet, or shutting down."}},
+                summary="Relevance labels of a judged dev query (the artifact's own), or the list of them")
+    async def judged(query: Optional[str] = None) -> Response:
+        """`query` is cleaned up as a search's query is, then looked up among the dev split's
+        judged queries that the build wrote into the artifact: the labels (1 to 3) of the judged
+        products this artifact indexes, by keyword id. Without `query`: every judged query."""
+        runtime = service.runtime()
+        if query is not None:
+            if len(query) > service.settings.max_query_chars:
+                raise InvalidRequest(f"Invalid request: query has {len(query)} characters, more than the limit of "
+                                     f"{service.settings.max_query_chars}.")
+            query = normalise_text(query)
+            if not query:
+                raise InvalidRequest("Invalid request: query is empty or whitespace only.")
+        return Response(dumps(judgments.answer(runtime, query)), media_type=JSON)
 
     return router
