@@ -283,3 +283,40 @@ def test_a_logged_change_the_index_refuses_is_dropped_at_start_up_not_a_refused_
     assert "logged change 1 (1 upserts, 0 deletes) is dropped" in caplog.text
     assert set(index.rows) == {"kw:good", "kw:two"} and live.live.sequence == 2 and "kw:bad" not in live.live.upserts
     live.close()
+
+
+# ---- what each outcome is answered over HTTP (service/live/admin.py) ----
+
+@pytest.mark.parametrize("error, status, code", [
+    (NotVisible("The change is durable (sequence 7) but the keyword index cannot apply it now (down)."), 503,
+     "not_visible"),
+    (ChangeRefused("The keyword index refuses the change (too many attributes); nothing was applied."), 422,
+     "change_refused"),
+    (LiveUnavailable("The change could not be written to the log (No space left on device); nothing was applied."),
+     503, "not_applied"),
+])
+def test_each_outcome_of_a_change_has_its_own_answer(error, status, code):
+    from types import SimpleNamespace
+
+    from service.errors import ServiceError
+    from service.live.admin import change_keywords
+
+    async def scenario():
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(error)
+        live = SimpleNamespace(submit=lambda *args: failed)
+        settings = SimpleNamespace(max_keyword_items=10, retry_after_s=3, max_keyword_chars=100, max_attributes=16)
+        service = SimpleNamespace(check_admin=lambda request: None, settings=settings, metrics=Metrics(),
+                                  runtime=lambda: SimpleNamespace(live=live))
+
+        class Request:
+            async def body(self):
+                return b'{"upsert": [{"id": "kw:1", "text": "drill"}]}'
+
+        with pytest.raises(ServiceError) as caught:
+            await change_keywords(service, Request())
+        return caught.value
+
+    answer = asyncio.run(scenario())
+    assert (answer.status, answer.code) == (status, code) and answer.message == str(error)
+    assert "\n" not in answer.message and (status != 503 or answer.headers == {"Retry-After": "3"})
