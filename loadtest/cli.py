@@ -1,4 +1,4 @@
-"""``python -m loadtest run|sweep|compare|promcheck``: the harness on its own.
+"""``python -m loadtest run|sweep|compare|floor|promcheck``: the harness on its own.
 
 The project CLI (``hlm loadtest ...``) calls the same library functions; this one exists
 so the harness is usable without it. Every command targets 127.0.0.1 unless
@@ -66,6 +66,10 @@ def build_parser(prog: str = "python -m loadtest") -> argparse.ArgumentParser:
                        help="repeatable; name or label={json body} (default: "
                             + ("student" if name == "sweep" else "student and teacher") + ")")
 
+    fl = sub.add_parser("floor", help="serve the bare ASGI app (the floor hlm serve is measured against)")
+    fl.add_argument("--artifact", type=Path, required=True, help="artifact folder (its student and hnswlib index)")
+    fl.add_argument("--port", type=int, default=8100)
+
     pc = sub.add_parser("promcheck", help="compare our p99 maths with a real Prometheus")
     pc.add_argument("--url", default=DEFAULT_URL)
     pc.add_argument("--allow-remote", action="store_true")
@@ -128,6 +132,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtest") -> int
             query_files=args.queries or None, allow_remote=args.allow_remote, k=args.k, timeout_s=args.timeout,
         )
         print(folder)
+        return 0
+    if args.cmd == "floor":
+        from loadtest.floor import serve_floor
+
+        serve_floor(args.artifact, port=args.port)
         return 0
     if args.cmd == "promcheck":
         from loadtest.promcheck import RULES_FILE, check_against_prometheus
