@@ -7,10 +7,10 @@ from pathlib import Path
 
 from typing import Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from artifact.text import normalise_text
+from artifact.text import normalise_text, visible_pattern
 from service import judgments
 from service.errors import InvalidRequest, ServiceError
 from service.protocol import ErrorResponse, JudgmentsResponse, StatsResponse
@@ -52,11 +52,15 @@ def build_router(service: SearchService) -> APIRouter:
         service.check_admin(request)
         return Response(dumps(service.stats()), media_type=JSON)
 
+    # The schema says what the checks below refuse (documentation: the sentences are ours).
+    query_bounds = {"maxLength": service.settings.max_query_chars, "pattern": visible_pattern()}
+
     @router.get("/v1/judgments", tags=["operations"], response_model=JudgmentsResponse,
                 responses={422: {"model": ErrorResponse, "description": "The query is empty or too long."},
                            503: {"model": ErrorResponse, "description": "Not ready yet, or shutting down."}},
                 summary="Relevance labels of a judged dev query (the artifact's own), or the list of them")
-    async def judged(query: Optional[str] = None) -> Response:
+    async def judged(query: Optional[str] = Query(None, description="A query, cleaned up as a search's is.",
+                                                  json_schema_extra=query_bounds)) -> Response:
         """`query` is cleaned up as a search's query is, then looked up among the dev split's
         judged queries that the build wrote into the artifact: the labels (1 to 3) of the judged
         products this artifact indexes, by keyword id. Without `query`: every judged query."""
