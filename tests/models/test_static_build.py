@@ -114,15 +114,47 @@ def test_the_trained_student_keeps_most_of_the_teacher_and_beats_its_untrained_t
     assert scored["trained"] >= scored["untrained"] + MIN_GAIN_OVER_UNTRAINED, scored
 
 
+def student_weights(artifact) -> dict:
+    """The exported student's initializers: table.weight, log_weight, keep."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(artifact / "student" / "model.onnx").graph
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def test_the_served_graph_is_the_weighted_mean_of_its_trained_table(static_artifact):
+    """What the service runs is the documented formula over the trained values (a forward
+    pass that dropped the learned token weights, or weights left untrained, differ): each
+    query's vector is the mean of its tokens' rows weighted by exp(log_weight) x keep, L2
+    normalised; training moved the weights, and down-weights the most frequent words."""
+    from models.build import _gate_queries
+    from models.profiles import get_profile
+
+    w = student_weights(static_artifact)
+    assert {"table.weight", "log_weight", "keep"} <= set(w), sorted(w)
+    table, log_weight, keep = w["table.weight"], w["log_weight"], w["keep"]
+    tokenizer = load_tokenizer(static_artifact / "student" / "tokenizer.json")
+    queries = _gate_queries(get_profile("tiny"))[0][:40] + ["cordless drill", "paint", "x"]
+    reference = []
+    for query in queries:
+        ids = np.array(tokenizer.encode(query).ids)
+        weights = np.exp(log_weight[ids]) * keep[ids]
+        v = (table[ids] * weights[:, None]).sum(0) / max(weights.sum(), 1e-9)
+        reference.append(v / max(np.linalg.norm(v), 1e-12))
+    served = open_encoder(static_artifact, "student").encode_many(queries)
+    assert (served * np.array(reference)).sum(1).min() > 0.99999
+    present = keep > 0
+    assert log_weight[present].std() > 0.01, log_weight[present].std()  # trained, not the uniform start
+    frequent = [tokenizer.token_to_id(t) for t in ("the", "and", "in", "for", "with")]
+    assert log_weight[frequent].max() < np.median(log_weight[present]), log_weight[frequent]
+
+
 def test_tokens_outside_the_table_weigh_nothing_and_known_ones_are_served(static_artifact):
     """The tiny table's one departure from demo (models/profiles.py): a token no build text
     holds adds nothing to a query; a query made only of such tokens still gets a vector. The
     table's tokens are read from the exported graph (their ``keep`` weight is not zero)."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(static_artifact / "student" / "model.onnx").graph
-    keep = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == "keep")
+    keep = student_weights(static_artifact)["keep"]
     tokenizer = load_tokenizer(static_artifact / "student" / "tokenizer.json")
     held = int((keep > 0).sum())
     assert 1000 < held < 0.5 * len(keep), held  # the build's texts' tokens, not the vocabulary
