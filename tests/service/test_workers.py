@@ -1,5 +1,7 @@
-"""`hlm serve --workers 2`: two processes on one port, metrics that add up across them, a
-worker that dies replaced, a reload that rolls every worker, refusals that stop them all.
+"""`hlm serve --workers 2` on the product's student (the tiny static build): two processes on
+one port, metrics that add up across them, a worker that dies replaced, a reload that rolls
+every worker under a steady load, refusals that stop them all, SIGTERM that drains requests
+in flight on every worker.
 
 Which worker answers is the kernel's choice (SO_REUSEPORT: a hash of the connection's
 addresses), so the tests open a fresh connection per request and identify the worker by the
@@ -80,8 +82,11 @@ def wait_until(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 
 @pytest.fixture(scope="module")
-def two(start_server):
-    srv = start_server(workers=2, admin_token=TOKEN, shadow_rate=0, max_queue_wait_ms=0)
+def two(start_server, static_artifact):
+    # No time bound on either queue: the drain test keeps several teacher requests of one
+    # client in flight at once (what it drains), which the teacher's budget would refuse.
+    srv = start_server(static_artifact, workers=2, admin_token=TOKEN, shadow_rate=0, max_queue_wait_ms=0,
+                       teacher_max_queue_wait_ms=0)
     srv.wait_for("/readyz")
     wait_until(lambda: len(worker_pids(srv)) == 2, what="both workers answering")
     return srv
@@ -140,20 +145,47 @@ def test_a_worker_that_dies_is_replaced(two):
 
 
 def test_reload_rolls_every_worker_onto_the_folder(two):
+    """Served throughout the roll, under a steady load (three clients in a closed loop, a
+    fresh connection per request, so the kernel spreads them over the workers): every
+    request 200, at least 30 of them sent while the roll ran, and some answered by a new
+    worker before the roll was done (the roll happened under that load, not beside it)."""
+    import threading
+
     old = worker_pids(two)
     r = fresh(two, "POST", "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 202 and r.json()["status"] == "rolling" and r.json()["supervisor_pid"] == two.proc.pid
-    failed = []
-    # Served throughout: each new worker is ready before the one it replaces stops.
-    def rolled() -> bool:
-        s = fresh(two, "POST", "/v1/search", json={"query": "patio table"})
-        if s.status_code != 200:
-            failed.append(s.status_code)
-        return "roll done: 2 workers" in two.log()
-    wait_until(rolled, what="the roll to finish")
-    assert not failed
+    done, records, lock = threading.Event(), [], threading.Lock()
+
+    def client(i: int) -> None:
+        n = 0
+        while not done.is_set():
+            try:
+                with httpx.Client(base_url=two.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                    s = c.post("/v1/search", json={"query": ["patio table", "cordless drill", "paint"][(i + n) % 3]})
+                    pid = c.get("/v1/info").json()["process"]["pid"] if s.status_code == 200 else None
+                outcome = (s.status_code, pid)
+            except httpx.HTTPError as exc:
+                outcome = (type(exc).__name__, None)
+            with lock:
+                records.append(outcome)
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: "roll done: 2 workers" in two.log(), what="the roll to finish")
+    finally:
+        done.set()
+        for t in threads:
+            t.join(60)
+    statuses = [status for status, _ in records]
+    print(f"\n{len(records)} requests during the roll: {sorted(set(map(str, statuses)))}")
+    assert statuses and set(statuses) == {200}, statuses
+    assert len(records) >= 30
     new = worker_pids(two)
     assert len(new) == 2 and not new & old
+    assert {pid for _, pid in records} & new, "no request of the load was answered by a new worker"
 
 
 def test_live_keyword_writes_need_one_worker(start_server, tmp_path):
@@ -188,8 +220,30 @@ def test_an_unservable_artifact_stops_every_worker(start_server, unservable_arti
     assert "stopped before serving" in log and "ready:" not in log and "Traceback" not in log
 
 
-def test_sigterm_stops_every_worker_and_exits_0(two):
+def test_sigterm_drains_the_requests_in_flight_on_every_worker_and_exits_0(two):
+    """Six teacher requests of 16 queries, each on a connection of its own, are in flight
+    (admitted, unanswered: the hlm_in_flight gauge summed over the workers says six) when
+    the supervisor gets SIGTERM: every one is answered 200, both workers drain, exit 0."""
     pids = worker_pids(two)
+    body = {"queries": [f"cordless drill {i}" for i in range(16)], "encoder": "teacher"}
+
+    async def main():
+        async def one():
+            async with httpx.AsyncClient(base_url=two.url, timeout=300) as client:
+                return await client.post("/v1/search", json=body)
+
+        requests = [asyncio.ensure_future(one()) for _ in range(6)]
+        deadline = time.monotonic() + 120
+        while value(metrics(two), "hlm_in_flight", encoder="teacher") < 6:
+            assert time.monotonic() < deadline and not any(r.done() for r in requests), \
+                [r.result().status_code for r in requests if r.done()]
+            await asyncio.sleep(0.02)
+        two.proc.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*requests)
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
+    assert all(len(a.json()["results"]) == 16 for a in answers)
     assert two.stop(timeout=60) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
