@@ -274,7 +274,10 @@ def _make_student(profile, inputs, keyword_vectors, fit_targets, checkpoint, thr
 
         spec, info = read_spec(checkpoint)
         step = info.get("best_step") or info.get("step")
-        note = f"{spec.name} trained by hlm distill ({info.get('phase', 'distilled')}, step {step})"
+        # Which phase made it (run_phases notes it in the checkpoint's config), so the manifest
+        # says what ships: phase 3's student, not phase 2's.
+        phase = info.get("phase") or ((info.get("config") or {}).get("notes") or {}).get("phase") or "distilled"
+        note = f"{spec.name} trained by hlm distill ({phase}, step {step})"
         if info.get("cut_short"):
             note += f"; {info['cut_short']}"
         if (info.get("config") or {}).get("table_tokens"):

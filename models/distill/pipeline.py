@@ -76,13 +76,14 @@ def run_phases(
     done: dict[str, Path] = {}
     if "2" in phases:
         config = TrainConfig(student=student, out=str(out_root / "phase2"), **common,
-                             **{"l2_weight": 1.0, **phase_settings(student, "2"), **(phase2 or {})})
+                             **{"l2_weight": 1.0, **phase_settings(student, "2"), "notes": {"phase": "phase2"},
+                                **(phase2 or {})})
         projection = None if (Path(config.out) / "state.pt").exists() else initial_projection(student, data, teacher_folder)
         done["phase2"] = train(config, data, projection)
     if "3" in phases:
         init = done.get("phase2") or (out_root / "phase2" if (out_root / "phase2" / "model.pt").exists() else None)
         settings = {"l2_weight": 1.0, "contrastive_weight": 1.0, "kl_weight": 1.0, **phase_settings(student, "3"),
-                    "init": str(init) if init else None, **(phase3 or {})}
+                    "init": str(init) if init else None, "notes": {"phase": "phase3"}, **(phase3 or {})}
         init = settings["init"]
         config = TrainConfig(student=student, out=str(out_root / "phase3"), **common, **settings)
         projection = None if init else initial_projection(student, data, teacher_folder)
