@@ -1,7 +1,9 @@
-"""POST /v1/embeddings through the `openai` Python client against the real service on loopback.
+"""POST /v1/embeddings through the `openai` Python client against the real service on loopback,
+serving the product's student (the tiny static build).
 
-The reference is the service's own /v1/embed for the same texts and encoder: the OpenAI
-route must hand back the same vectors (it rides the same batcher), in OpenAI's shape.
+The reference is ONNX Runtime run directly on the artifact's own ONNX files, each text alone,
+tokenised by the artifact's tokenizer.json with the `tokenizers` library (no project code
+between): /v1/embed and /v1/embeddings must both hand back those vectors, in their shapes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,39 @@ pytestmark = pytest.mark.timeout(300)
 
 ONE = "cordless drill"
 MANY = ["cordless drill", "garden hose 50 ft", "how to fix a leaky faucet in the bathroom sink"]
+
+
+@pytest.fixture(scope="module")
+def server(static_server):
+    return static_server
+
+
+@pytest.fixture(scope="module")
+def onnx_direct(server):
+    """encoder -> texts -> vectors from onnxruntime on the artifact's ONNX file of the precision
+    the service serves, one text a call (no batch-mates, no padding)."""
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    manifest = json.loads((server.artifact / "manifest.json").read_text())
+    out = {}
+    for encoder in ("student", "teacher"):
+        spec = manifest["encoders"][encoder]
+        onnx = spec["onnx_int8"] if spec.get("default_precision") == "int8" else spec["onnx"]
+        session = onnxruntime.InferenceSession(str(server.artifact / onnx), providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(server.artifact / spec["tokenizer"]))
+
+        def run(texts, session=session, tokenizer=tokenizer):
+            rows = []
+            for text in texts:
+                enc = tokenizer.encode(text)
+                feed = {"input_ids": np.array([enc.ids], dtype=np.int64),
+                        "attention_mask": np.array([enc.attention_mask], dtype=np.int64)}
+                rows.append(session.run(["embedding"], feed)[0][0])
+            return np.array(rows, dtype=np.float64)
+
+        out[encoder] = run
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +102,25 @@ def test_the_openai_client_gets_the_services_vectors(server, client, model, enco
     assert 3 * len(texts) <= response.usage.prompt_tokens <= 40 * len(texts)
 
 
+@pytest.mark.parametrize("encoder", ["student", "teacher"])
+def test_both_routes_give_the_vectors_onnx_runtime_gives_on_the_artifact(server, client, onnx_direct, encoder):
+    """/v1/embed and /v1/embeddings against onnxruntime on the artifact's own file, each text
+    alone: the same vector to float32 rounding (a route that served the other encoder, a
+    stale or other artifact, or mangled the text would not be)."""
+    texts = MANY + ["paint", "18v lithium ion battery charger"]
+    expected = onnx_direct[encoder](texts)
+    embed = reference(server, texts, encoder)
+    openai_vectors = np.array([d.embedding for d in client.embeddings.create(
+        input=texts, model=encoder, encoding_format="float").data], dtype=np.float64)
+    for got in (embed, openai_vectors):
+        assert got.shape == expected.shape == (len(texts), 768)
+        assert cosines(got, expected).min() > 1 - 1e-5
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+    # The two encoders differ (the test would not notice a route that swapped them otherwise).
+    other = onnx_direct["teacher" if encoder == "student" else "student"](texts)
+    assert cosines(embed, other).max() < 0.999
+
+
 def test_the_encoders_model_names_from_info_are_accepted(server, client):
     info = server.client.get("/v1/info").json()
     name = info["encoders"]["teacher"]["model"]
@@ -80,15 +134,15 @@ def test_the_encoders_model_names_from_info_are_accepted(server, client):
 ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
-def test_client_models_list_names_both_encoders_by_identifier(server, client, small_artifact):
-    manifest = json.loads((small_artifact / "manifest.json").read_text())
+def test_client_models_list_names_both_encoders_by_identifier(server, client):
+    manifest = json.loads((server.artifact / "manifest.json").read_text())
     models = client.models.list().data
     ids = [m.id for m in models]
     assert len(ids) == 2 and len(set(ids)) == 2 and all(ID.match(i) for i in ids), ids
     student, teacher = models
-    # Derived from the manifest: the small artifact's student is MiniLM-L6 with a fitted
-    # (closed-form) projection, its teacher the packaged all-mpnet-base-v2.
-    assert student.id == "hlm-student-" + manifest["profile"]["student"] + "-linear"
+    # Derived from the manifest: the tiny artifact's student is the static one trained in the
+    # build, its teacher the packaged all-mpnet-base-v2.
+    assert student.id == "hlm-student-static" and manifest["profile"]["student"] == "static"
     assert teacher.id == "hlm-teacher-mpnet"
     built = int(datetime.fromisoformat(manifest["created_utc"]).timestamp())
     assert all(m.object == "model" and m.owned_by == "hlm" and m.created == built for m in models)
