@@ -390,25 +390,25 @@ ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 KEYWORD_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}$"
 MAX_VALUE_CHARS = 256
 MAX_ANY_OF = 64
-# Numbers, integer or not, lie in [-2^63, 2^63): what every index backend holds. Milvus keys
-# an attribute by its value (retrieval/milvus.py: attribute_key) and refuses one outside that
-# range; admitted here, 1e19 failed inside the search batch (a 500 for every batch-mate) or
-# after an upsert's fsync (#28 finding 3). tests/retrieval/test_milvus.py pins the agreement.
+# Numbers, integer or not, lie in one range: -2^63 to the largest double below 2^63. Milvus keys
+# an attribute by its value (retrieval/milvus.py: attribute_key) and refuses one outside
+# -2^63..2^63; admitted here, 1e19 failed inside the search batch (a 500 for every batch-mate)
+# or after an upsert's fsync (#28 finding 3). The top is a double, not 2^63 - 1, so that the
+# range is the same whether a client (or a schema tool) reads a number as an integer or as a
+# double: 2^63 - 1 is 2^63 as a double. tests/retrieval/test_milvus.py pins the agreement.
 _INT64 = 2**63
+NUMBER_MIN, NUMBER_MAX = -_INT64, int(math.nextafter(float(_INT64), 0.0))  # 9223372036854774784
 
 
 def _check_value(value: Any, where: str) -> None:
     if isinstance(value, bool):
         return
-    if isinstance(value, int):
-        if not -_INT64 <= value < _INT64:
-            raise ValueError(f"{where}: the integer {value} does not fit 64 bits")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where}: {value} is not a finite number")
-        if not -_INT64 <= value < _INT64:
-            raise ValueError(f"{where}: the number {value!r} is outside -2^63 to 2^63, the range the index holds")
+        if not NUMBER_MIN <= value <= NUMBER_MAX:
+            raise ValueError(f"{where}: the number {value!r} is outside -2^63 to {NUMBER_MAX} (the largest double "
+                             "below 2^63), the range the index holds")
         return
     if isinstance(value, str):
         if len(value) > MAX_VALUE_CHARS:
@@ -423,8 +423,7 @@ def _check_value(value: Any, where: str) -> None:
 def attributes_schema(most: int, *, lists: bool) -> dict:
     """The JSON Schema of what ``check_attributes`` accepts (the API documents it with this)."""
     scalar = {"anyOf": [{"type": "string", "maxLength": MAX_VALUE_CHARS},
-                        {"type": "integer", "minimum": -_INT64, "maximum": _INT64 - 1},
-                        {"type": "number", "minimum": -_INT64, "exclusiveMaximum": _INT64}, {"type": "boolean"}]}
+                        {"type": "number", "minimum": NUMBER_MIN, "maximum": NUMBER_MAX}, {"type": "boolean"}]}
     value = {"anyOf": [scalar, {"type": "array", "items": scalar, "minItems": 1, "maxItems": MAX_ANY_OF}]} if lists else scalar
     return {"type": "object", "maxProperties": most, "additionalProperties": value,
             "propertyNames": {"pattern": f"^{ATTRIBUTE_NAME.pattern}$"}}

@@ -322,10 +322,14 @@ def test_hlm_index_push_over_the_uri(lite_server, artifact):
 
 # ---- what the API admits, Milvus holds (#28 finding 3) ----
 
-# The edges of what service/protocol.py admits: integers of 64 bits, other numbers within
-# -2^63 to 2^63 (the largest double below 2^63, a subnormal, minus zero).
-ADMITTED = [-2**63, 2**63 - 1, float(-2**63), math.nextafter(2.0**63, 0.0), 1e-320, -0.0, 0.5, 2**53 + 1]
+# The edges of what service/protocol.py admits: numbers, integer or not, from -2^63 to the
+# largest double below 2^63 (as an integer and as a double), a subnormal, minus zero.
+TOP = int(math.nextafter(2.0**63, 0.0))
+ADMITTED = [-2**63, float(-2**63), TOP, float(TOP), 1e-320, -0.0, 0.5, 2**53 + 1]
 REFUSED = [2**63, -2**63 - 1, 1e19, -1e19, 2.0**63, 1.7976931348623157e308]
+# Milvus would hold these, but read as doubles (JavaScript, a schema tool) they are 2^63: refused
+# too, so the range is one whatever a client parses numbers as.
+REFUSED_BY_THE_API_ONLY = [2**63 - 1, TOP + 1]
 
 
 def _search_body(value) -> str:
@@ -336,7 +340,7 @@ def _keywords_body(value) -> str:
     return json.dumps({"upsert": [{"id": "kw:1", "text": "drill", "attributes": {"p": value}}]})
 
 
-@pytest.mark.parametrize("value", REFUSED, ids=str)
+@pytest.mark.parametrize("value", REFUSED + REFUSED_BY_THE_API_ONLY, ids=str)
 def test_a_number_milvus_cannot_key_is_a_422_at_validation(value):
     """Admitted, 1e19 failed inside the search batch (a 500 for every batch-mate) or after an
     upsert's fsync; now the request alone is refused with a sentence, before either."""
@@ -344,10 +348,11 @@ def test_a_number_milvus_cannot_key_is_a_422_at_validation(value):
 
     from service.protocol import KeywordsRequest, SearchRequest
 
-    with pytest.raises(ValueError):
-        filter_expression({"p": value})  # what Milvus' side refuses ...
+    if value not in REFUSED_BY_THE_API_ONLY:
+        with pytest.raises(ValueError):
+            filter_expression({"p": value})  # what Milvus' side refuses ...
     for model, body in ((SearchRequest, _search_body(value)), (KeywordsRequest, _keywords_body(value))):
-        with pytest.raises(ValidationError, match=r"64 bits|2\^63"):  # ... the API refuses first
+        with pytest.raises(ValidationError, match=r"2\^63"):  # ... the API refuses first
             model.model_validate_json(body)
 
 
