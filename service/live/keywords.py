@@ -307,8 +307,8 @@ class LiveKeywords:
         while True:
             try:
                 job = self._applies.get(timeout=RETRY_INDEX_S if self._unindexed else None)
-            except queue.Empty:  # idle with changes the index has not taken: try again
-                self._guarded(self._catch_up)
+            except queue.Empty:  # idle with changes the index has not taken: try again (quietly)
+                self._guarded(self._catch_up, quiet=True)
                 continue
             if job is None:
                 return
@@ -364,17 +364,19 @@ class LiveKeywords:
                              "same change again is safe.")
         return {"upserted": len(upsert_ids), "deleted": self._last_deleted, "sequence": change.sequence}
 
-    def _catch_up(self) -> Optional[str]:
-        """Apply the durable changes the index has not taken, oldest first; why it stopped, or None."""
+    def _catch_up(self, quiet: bool = False) -> Optional[str]:
+        """Apply the durable changes the index has not taken, oldest first; why it stopped, or None.
+        ``quiet``: the idle retry, which would otherwise log a line every RETRY_INDEX_S."""
         self._last_deleted = 0
         while self._unindexed:
             change = self._unindexed[0]
             try:
                 self._last_deleted = apply_to_index(self.target.index, change, change.vectors)
             except Exception as exc:  # noqa: BLE001 - Milvus down, or a bug: the change is durable either way
-                reason = str(getattr(exc, "message", None) or exc).strip().splitlines()[0][:200].rstrip(".")
-                log.error("live keywords: the index cannot apply change %d yet (%s: %s); %d changes wait",
-                          change.sequence, exc.__class__.__name__, reason, len(self._unindexed))
+                reason = (str(getattr(exc, "message", None) or exc).strip().splitlines() or [""])[0][:200].rstrip(".")
+                log.log(logging.DEBUG if quiet else logging.ERROR,
+                        "live keywords: the index cannot apply change %d yet (%s: %s); %d changes wait",
+                        change.sequence, exc.__class__.__name__, reason, len(self._unindexed))
                 return reason or exc.__class__.__name__
             self._unindexed.pop(0)
             self.version += 1
