@@ -268,6 +268,19 @@ def test_a_change_the_index_refuses_is_refused_before_it_is_logged(tmp_path):
     assert [c.sequence for c in Wal.open(tmp_path / "wal.log")[1]] == [1]
 
 
+def test_more_attributes_than_milvus_holds_are_refused_before_the_log(tmp_path):
+    """HLM_MAX_ATTRIBUTES admits up to 256 a keyword; a Milvus collection's array holds 64."""
+    async def scenario():
+        live = open_live(tmp_path, MilvusRules())
+        live.start(asyncio.get_running_loop())
+        with pytest.raises(ChangeRefused, match="at most 64 attributes"):
+            await write(live, 1, attributes=[{f"a{i}": i for i in range(65)}])
+        assert live.live.sequence == 0 and (await write(live, 2, attributes=[{f"a{i}": i for i in range(64)}]))
+        live.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_logged_change_the_index_refuses_is_dropped_at_start_up_not_a_refused_start(tmp_path, caplog):
     """What an older version left: the refused change logged (answered 500), then the next change
     under the same sequence number."""
