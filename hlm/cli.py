@@ -30,6 +30,9 @@ def build(
     allow_below_gate: bool = typer.Option(False, help="Mark the artifact servable even if the student fails the gate."),
     student: Optional[str] = typer.Option(None, help="Train this student instead of the profile's (static for demo "
                                           "and full; minilm-l6, minilm-l3, mpnet-l1 … mpnet-l4, static, static-head)."),
+    index: Optional[str] = typer.Option(None, help="Keyword index: hnswlib (the default: a graph over the full "
+                                        "vectors in RAM) or compressed (faiss IVF + 4-bit PQ codes in RAM, float16 "
+                                        "vectors on disk for exact re-ranking; docs/SCALE.md)."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
@@ -51,7 +54,9 @@ def build(
             from models.distill.students import get_spec
 
             get_spec(student)  # an unknown name stops here, before any work
-        run_build(get_profile(profile, student=student), out, data_dir, student_checkpoint, threads, gate_share,
+        if index is not None and index not in ("hnswlib", "compressed"):
+            raise ValueError(f"unknown index {index!r}; choose hnswlib or compressed")
+        run_build(get_profile(profile, student=student, index=index), out, data_dir, student_checkpoint, threads, gate_share,
                   allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:
         typer.echo(f"hlm build: {exc}", err=True)

@@ -112,8 +112,15 @@ def build(
 
         with timer.step("index"):
             (stage / "index").mkdir()
-            index = build_hnsw(keyword_vectors, stage / "index" / "keywords.hnsw", profile.hnsw_m, profile.hnsw_ef_construction, threads)
             write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
+            if profile.index == "compressed":
+                index = None
+                index_fields = _build_compressed(profile, keyword_vectors, stage, threads)
+                index_fields["dim"] = int(keyword_vectors.shape[1])
+            else:
+                index = build_hnsw(keyword_vectors, stage / "index" / "keywords.hnsw", profile.hnsw_m,
+                                   profile.hnsw_ef_construction, threads)
+                index_fields = _hnsw_fields(profile)
 
         with timer.step("student"):
             if student_checkpoint is None and {"2", "3"} & set(profile.distill_phases):
@@ -153,9 +160,17 @@ def build(
                 inputs.heldout_queries, heldout_teacher, keyword_vectors,
                 {"student_fp32": student, **({"student_int8": student8} if student8 is not None else {})},
             )
-            summary["hnsw_recall_at_10"] = round(graph_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
-            summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(
-                lambda ef: graph_recall(index, keyword_vectors, heldout_teacher, 10, ef))
+            if index is not None:
+                summary["hnsw_recall_at_10"] = round(graph_recall(index, keyword_vectors, heldout_teacher, 10, profile.hnsw_ef), 4)
+                summary["hnsw_ef_for_recall_0_99"] = ef_for_recall(
+                    lambda ef: graph_recall(index, keyword_vectors, heldout_teacher, 10, ef))
+                summary["index_recall_at_10"] = summary["hnsw_recall_at_10"]
+            else:
+                served_index = _open_compressed(stage, index_fields)
+                summary["index_recall_at_10"] = round(index_recall(served_index, inputs.keyword_ids, keyword_vectors,
+                                                                   heldout_teacher, 10, profile.index_candidates), 4)
+                summary["index_ef_for_recall_0_99"] = ef_for_recall(
+                    lambda ef: index_recall(served_index, inputs.keyword_ids, keyword_vectors, heldout_teacher, 10, ef))
             summary["parity"] = parity
             if phase1 is not None:
                 summary["phase1"] = phase1
@@ -165,10 +180,11 @@ def build(
                     continue
                 s = summary[name]
                 print(f"  {name}: overlap@10 with teacher {s['overlap_at_10']:.3f}, mean cosine {s['mean_cosine']:.3f}")
-            print(f"  hnsw recall@10 at ef={profile.hnsw_ef}: {summary['hnsw_recall_at_10']}")
+            print(f"  {index_fields['library']} recall@10 at ef={index_fields['ef']}: {summary['index_recall_at_10']}")
 
         with timer.step("gate"):
-            gate = _gate(profile, inputs, teacher, teacher_cache, served, gate_share, allow_below_gate)
+            gate_index = _open_compressed(stage, index_fields) if index is None else None
+            gate = _gate(profile, inputs, teacher, teacher_cache, served, gate_share, allow_below_gate, gate_index)
             summary["gate"] = gate.to_dict()
             (stage / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
             print(f"  {gate.message}")
@@ -182,7 +198,7 @@ def build(
             teacher_note = TEACHER_NAME if teacher_folder is None else (
                 f"{TEACHER_NAME} fine-tuned on judged train pairs (phase 1, step {phase1['step']})")
             manifest = _manifest(profile, inputs, teacher, student, student_note, summary, student_tok, teacher_note,
-                                 int8=student8 is not None)
+                                 int8=student8 is not None, index_fields=index_fields)
             manifest["servable"] = gate.servable
             manifest["gate"] = gate.to_dict()
             manifest["judgments"] = judgments
@@ -195,6 +211,38 @@ def build(
     timings_path = out_dir.parent / f"{out_dir.name}.build-timings.json"
     timings_path.write_text(json.dumps({"steps_s": timer.steps, "total_s": total, "machine": platform.node()}, indent=2))
     return manifest
+
+
+def _hnsw_fields(profile: Profile) -> dict:
+    return {"path": "index/keywords.hnsw", "library": "hnswlib", "M": profile.hnsw_m,
+            "ef_construction": profile.hnsw_ef_construction, "ef": profile.hnsw_ef}
+
+
+def _build_compressed(profile: Profile, keyword_vectors: np.ndarray, stage: Path, threads: int) -> dict:
+    """The compressed index (retrieval/compressed.py) and its manifest fields."""
+    from retrieval.compressed import build_compressed
+
+    made = build_compressed(keyword_vectors, stage / "index", profile.index_factory, threads=threads)
+    print(f"  compressed index {made['factory']}: {made['code_bytes']} B of code a keyword, {made['lists']} lists")
+    return {"path": "index/keywords.faiss", "vectors": "index/vectors.f16", "library": "faiss", **made,
+            "nprobe": profile.index_nprobe, "ef": profile.index_candidates}
+
+
+def _open_compressed(stage: Path, fields: dict):
+    from retrieval.compressed import CompressedIndex
+
+    return CompressedIndex(stage / fields["path"], stage / fields["vectors"], stage / "index" / "keywords.tsv",
+                           int(fields.get("dim") or 768), int(fields["ef"]), int(fields["nprobe"]))
+
+
+def index_recall(index, keyword_ids: list[str], keyword_vectors: np.ndarray, queries: np.ndarray, k: int, ef: int) -> float:
+    """recall@k of a served index (``VectorIndex.search``) at ``ef`` against exact search."""
+    from retrieval.base import SearchParams
+    from retrieval.exact import exact_top_k, recall_at_k
+
+    truth = [[keyword_ids[i] for i in row] for row in exact_top_k(keyword_vectors, queries, k).tolist()]
+    found = [[hit.id for hit in row] for row in index.search(queries, SearchParams(k, max(ef, k)))]
+    return recall_at_k(found, truth)
 
 
 def _finetune_teacher_in_build(profile, threads) -> tuple[Path | None, dict]:
@@ -315,8 +363,11 @@ def _gate_queries(profile):
     return queries, judgments, dict(zip(products.ids, products.texts))
 
 
-def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
-    """Score teacher and (int8, the served precision) student on judged dev queries."""
+def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below, served_index=None):
+    """Score teacher and (int8, the served precision) student on judged dev queries; with
+    ``served_index`` (a compressed index) both are scored through it, as the service answers
+    them (their product hits, filter source=hd, k 10 at the index's own ef) instead of by exact
+    search over the gate's titles: what compression costs each encoder is in its figure."""
     from models.eval.judged import JudgedEval
     from models.eval.gate import check_gate
 
@@ -325,11 +376,30 @@ def _gate(profile, inputs, teacher, teacher_cache, student, share, allow_below):
     pool = list(dict.fromkeys(pool + [d for graded in judgments for d in graded]))
     vectors = cached_encode(teacher, teacher_cache, [title_of[d] for d in pool], "gate products (teacher)")
     scored = JudgedEval(queries, judgments, pool, vectors)
-    teacher_row = scored.score(lambda texts: cached_encode(teacher, teacher_cache, list(texts), "gate queries (teacher)"))
-    student_row = scored.score(lambda texts: student.encode_many(list(texts)))
+    ranked = None
+    if served_index is not None:
+        from retrieval.base import SearchParams
+
+        def ranked(vectors):  # the product hits the service answers (k 10 at the index's own ef)
+            hits = served_index.search(vectors, SearchParams(10, served_index.default_ef, {"source": "hd"}))
+            return [[hit.id.partition(":")[2] for hit in row] for row in hits]
+
+    teacher_row = scored.score(lambda texts: cached_encode(teacher, teacher_cache, list(texts), "gate queries (teacher)"),
+                               ranked=ranked)
+    student_row = scored.score(lambda texts: student.encode_many(list(texts)), ranked=ranked)
     print(f"  gate set: {len(queries)} judged dev queries over {len(pool)} product titles")
+    exact = None
+    if served_index is not None:
+        exact = {"teacher": scored.score(lambda texts: cached_encode(teacher, teacher_cache, list(texts), "gate (teacher)")),
+                 "student": scored.score(lambda texts: student.encode_many(list(texts)))}
+        print(f"  exact search: teacher nDCG@10 {exact['teacher']['ndcg_at_10']:.4f}, "
+              f"student {exact['student']['ndcg_at_10']:.4f}; through the compressed index (the served path):")
     print(f"  teacher nDCG@10 {teacher_row['ndcg_at_10']:.4f}, student nDCG@10 {student_row['ndcg_at_10']:.4f}")
-    return check_gate(student_row["ndcg_at_10"], teacher_row["ndcg_at_10"], share, allow_below)
+    gate = check_gate(student_row["ndcg_at_10"], teacher_row["ndcg_at_10"], share, allow_below)
+    if exact is not None:
+        gate.path = "served (compressed index)"
+        gate.exact = {name: round(row["ndcg_at_10"], 4) for name, row in exact.items()}
+    return gate
 
 
 def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
@@ -351,7 +421,7 @@ def _agreement(queries, teacher_vectors, keyword_vectors, students) -> dict:
 
 
 def _manifest(profile, inputs, teacher, student, student_note, summary, student_tok="student", teacher_note=TEACHER_NAME,
-              int8: bool = True) -> dict:
+              int8: bool = True, index_fields: dict | None = None) -> dict:
     encoder_common = {"pooling": "mean", "normalized": True, "max_length": profile.max_length,
                       "inputs": ["input_ids", "attention_mask"], "output": "embedding"}
     return {
@@ -382,14 +452,10 @@ def _manifest(profile, inputs, teacher, student, student_note, summary, student_
             },
         },
         "index": {
-            "path": "index/keywords.hnsw",
+            **(index_fields or _hnsw_fields(profile)),
             "store": "index/keywords.tsv",
-            "library": "hnswlib",
             "space": "ip",
             "dim": teacher.dim,
-            "M": profile.hnsw_m,
-            "ef_construction": profile.hnsw_ef_construction,
-            "ef": profile.hnsw_ef,
             "count": len(inputs.keyword_ids),
         },
         "corpus": {"rows": len(inputs.keyword_ids), "sources": inputs.sources},
@@ -402,8 +468,10 @@ def _print_summary(out_dir: Path, manifest: dict, steps: dict, total: float, inp
     size = sum(f["bytes"] for f in manifest["files"].values())
     print("\n[build] summary")
     print(f"  artifact   {out_dir} ({size / 1e6:.1f} MB, sha256 {manifest['artifact_sha256'][:12]}…)")
-    print(f"  keywords   {manifest['index']['count']} rows, {manifest['index']['dim']}-d, "
-          f"M={manifest['index']['M']} ef_construction={manifest['index']['ef_construction']} ef={manifest['index']['ef']}")
+    idx = manifest["index"]
+    shape = (f"M={idx['M']} ef_construction={idx['ef_construction']}" if idx["library"] == "hnswlib"
+             else f"{idx['factory']} nprobe={idx['nprobe']}")
+    print(f"  keywords   {idx['count']} rows, {idx['dim']}-d, {idx['library']} {shape} ef={idx['ef']}")
     print(f"  queries    {len(inputs.fit_queries)} fit (train split), {len(inputs.heldout_queries)} held out (dev split)")
     for rel, info in sorted(manifest["files"].items()):
         print(f"  file       {rel:28s} {info['bytes'] / 1e6:8.1f} MB")

@@ -25,6 +25,10 @@ class GateResult:
     required: float
     overridden: bool
     message: str
+    # How the rows were ranked: exact search over the gate's titles, or the served index's
+    # answers (a compressed index); then ``exact`` holds the exact-search nDCG@10 beside them.
+    path: str = "exact"
+    exact: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

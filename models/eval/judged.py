@@ -32,10 +32,15 @@ class JudgedEval:
     product_ids: list[str]
     product_vectors: np.ndarray
 
-    def score(self, encode: EncodeFn) -> dict[str, float]:
+    def score(self, encode: EncodeFn, ranked: Callable[[np.ndarray], list[list[str]]] | None = None) -> dict[str, float]:
+        """``ranked``: product ids best first per query vector, from a served index (default:
+        exact search over every product title)."""
         vectors = encode(self.queries)
-        top = exact_top_k(self.product_vectors, vectors, 100)
-        ranked = [[self.product_ids[i] for i in row] for row in top.tolist()]
+        if ranked is None:
+            top = exact_top_k(self.product_vectors, vectors, 100)
+            ranked = [[self.product_ids[i] for i in row] for row in top.tolist()]
+        else:
+            ranked = ranked(vectors)
         return {
             "ndcg_at_10": mean_defined(ndcg_at_k(r, j, 10) for r, j in zip(ranked, self.judgments)),
             "recall_at_10": mean_defined(recall_at_k(r, j, 10) for r, j in zip(ranked, self.judgments)),

@@ -1,0 +1,342 @@
+"""The compressed keyword index: small codes in memory, full vectors on disk for re-ranking.
+
+Why (issue #24): hnswlib keeps every keyword's 768 floats and its graph links in RAM, ~3.3 KB
+a keyword, so one 24 GiB machine holds ~6M keywords. Here RAM holds only a faiss inverted-file
+index over compressed codes (the factory string in the manifest, e.g. ``IVF2048,PQ96x4fs``:
+48 bytes of code a keyword, scanned with SIMD "fast-scan" tables), and the full vectors stay
+in a file that is memory-mapped and read only for the few candidates each query re-ranks
+(the SPANN / DiskANN pattern: approximate in memory, exact from storage).
+
+A search, per query: the IVF scan of ``nprobe`` lists gives ``max(ef, k)`` candidates by
+their approximate scores; their vectors (float16 on disk, exact to ~1e-3) are scored exactly
+and the best k returned. So ``ef`` means here what it means for hnswlib: the candidate list
+a query keeps, and its answer's quality grows with it.
+
+Files (the artifact's ``index/`` folder, all in the manifest): ``keywords.faiss`` (the trained
+index; ids = labels = store rows), ``vectors.f16`` (row ``i`` = label ``i``, float16, raw),
+``keywords.tsv`` (the store, as for hnswlib).
+
+Live changes: an upsert adds the new vector's code under a fresh label (labels are never
+reused, as in ``retrieval.hnsw``) and keeps its full vector in memory for re-ranking; a
+delete removes the label's code from the index. Searches share the index; a change holds it
+alone for the few microseconds faiss needs to add or remove codes (faiss' writes are not
+safe beside its searches).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import faiss
+import numpy as np
+
+from artifact.store import read_store
+from retrieval.base import Hit, SearchParams
+from retrieval.hnsw import build_attributes, read_attributes, value_key
+
+VECTOR_DTYPE = np.float16
+# Filtered searches allowing at most this many keywords are answered exactly over their vectors.
+EXACT_FILTER_MAX = 4096
+
+
+def default_factory(rows: int) -> str:
+    """The index for ``rows`` keywords: about 4 sqrt(n) inverted lists, a power of two, with at
+    least 39 keywords a list (k-means' least points per centroid); 96 4-bit sub-quantisers
+    (48 B of code a keyword)."""
+    lists = 2 ** max(0, math.floor(math.log2(max(1.0, min(4 * math.sqrt(rows), rows / 39)))))
+    return f"IVF{lists},PQ96x4fs"
+
+
+def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] = None, *, train_rows: int = 200_000,
+                     threads: int = 2, seed: int = 100) -> dict[str, Any]:
+    """Train and fill the index over ``vectors`` (L2-normalised, row = label) and write
+    ``keywords.faiss`` and ``vectors.f16`` into ``folder``; returns the manifest's index fields."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rows, dim = vectors.shape
+    factory = factory or default_factory(rows)
+    faiss.omp_set_num_threads(threads)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors
+    if rows > train_rows:  # a fixed seed keeps the artifact's checksum reproducible
+        sample = vectors[np.sort(np.random.default_rng(seed).choice(rows, train_rows, replace=False))]
+    faiss.extract_index_ivf(index).cp.seed = seed
+    index.train(sample)
+    index.add_with_ids(vectors, np.arange(rows, dtype=np.int64))
+    faiss.write_index(index, str(Path(folder) / "keywords.faiss"))
+    vectors.astype(VECTOR_DTYPE).tofile(Path(folder) / "vectors.f16")
+    return {"factory": factory, "code_bytes": int(index.sa_code_size()), "lists": int(faiss.extract_index_ivf(index).nlist)}
+
+
+def write_vectors(path: Path, vectors: np.ndarray) -> None:
+    np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tofile(path)
+
+
+class CompressedIndex:
+    """``retrieval.base.VectorIndex`` over the files above: read and write side."""
+
+    backend = "faiss"
+
+    def __init__(self, index_path: Path, vectors_path: Path, store_path: Path, dim: int, ef: int, nprobe: int,
+                 attributes_path: Optional[Path] = None):
+        ids, texts = read_store(store_path)
+        if len(set(ids)) != len(ids):
+            raise ValueError("the keyword store repeats an id")
+        self.dim = dim
+        self.default_ef = ef
+        self.nprobe = nprobe
+        self.index = faiss.read_index(str(index_path))
+        if self.index.d != dim:
+            raise ValueError(f"the faiss index holds {self.index.d}-d codes, not {dim}-d")
+        if self.index.ntotal != len(ids):
+            raise ValueError(f"the faiss index holds {self.index.ntotal} codes but the keyword store has {len(ids)} rows")
+        expected = len(ids) * dim * np.dtype(VECTOR_DTYPE).itemsize
+        size = Path(vectors_path).stat().st_size
+        if size != expected:
+            raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {len(ids)} x {dim} float16")
+        self.vectors = np.memmap(vectors_path, dtype=VECTOR_DTYPE, mode="r", shape=(len(ids), dim))
+        self.rows = len(ids)
+        attrs = read_attributes(attributes_path, len(ids)) if attributes_path else [build_attributes(i) for i in ids]
+        self._id: dict[int, str] = dict(enumerate(ids))
+        self._text: dict[int, str] = dict(enumerate(texts))
+        self._attrs: dict[int, dict] = dict(enumerate(attrs))
+        self._label: dict[str, int] = {kid: i for i, kid in enumerate(ids)}
+        self._vec: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
+        self._postings: dict[str, dict[tuple, set[int]]] = {}
+        for label, attributes in self._attrs.items():
+            self._post(label, attributes)
+        self._next_label = len(ids)
+        self._allowed_cache: dict[str, tuple[set[int], Any]] = {}
+        # Readers share the faiss index; a writer holds it alone (faiss add/remove beside a search is unsafe).
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writing = False
+        self._writer = threading.Lock()
+        faiss.omp_set_num_threads(1)  # one query batch per thread; the service's threads are the parallelism
+
+    def __len__(self) -> int:
+        return len(self._id)
+
+    # ---- keyword table ----
+
+    def _post(self, label: int, attributes: dict) -> None:
+        for name, value in attributes.items():
+            self._postings.setdefault(name, {}).setdefault(value_key(value), set()).add(label)
+
+    def _forget(self, label: int) -> None:
+        self._vec.pop(label, None)
+        for name, value in self._attrs.pop(label, {}).items():
+            self._postings[name][value_key(value)].discard(label)
+        del self._label[self._id.pop(label)]
+        del self._text[label]
+
+    def get(self, keyword_id: str) -> Optional[tuple[str, dict]]:
+        with self._cond:
+            label = self._label.get(keyword_id)
+            return None if label is None else (self._text[label], dict(self._attrs[label]))
+
+    def keywords(self) -> list[tuple[str, str, dict]]:
+        with self._cond:
+            return [(self._id[label], self._text[label], dict(self._attrs[label])) for label in sorted(self._id)]
+
+    def attribute_counts(self) -> dict[str, list[tuple[Any, int]]]:
+        with self._cond:
+            counts = {name: [(key[1], len(labels)) for key, labels in posting.items() if labels]
+                      for name, posting in self._postings.items()}
+        return {name: values for name, values in counts.items() if values}
+
+    def match_counts(self, flt: dict) -> dict[str, Optional[list[int]]]:
+        out: dict[str, Optional[list[int]]] = {}
+        with self._cond:
+            for name, want in flt.items():
+                posting = self._postings.get(name)
+                if not posting or not any(posting.values()):
+                    out[name] = None
+                    continue
+                out[name] = [len(posting.get(value_key(v), ())) for v in (want if isinstance(want, list) else [want])]
+        return out
+
+    def attributes_of(self, keyword_ids: Sequence[str]) -> list[dict]:
+        with self._cond:
+            labels = [self._label.get(kid) for kid in keyword_ids]
+            return [dict(self._attrs.get(label, {})) if label is not None else {} for label in labels]
+
+    def vectors_of(self, keyword_ids: Sequence[str]) -> np.ndarray:
+        with self._cond:
+            labels = [self._label[k] for k in keyword_ids]
+        return self._full(labels)
+
+    def _full(self, labels: Sequence[int]) -> np.ndarray:
+        """Full vectors of labels: live upserts from memory, the artifact's rows from the file."""
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        rows = [i for i, label in enumerate(labels) if label < self.rows and label not in self._vec]
+        if rows:
+            wanted = np.asarray([labels[i] for i in rows], dtype=np.int64)
+            order = np.argsort(wanted)  # ascending reads: the page cache and read-ahead like them
+            block = np.empty((len(rows), self.dim), dtype=np.float32)
+            block[order] = self.vectors[wanted[order]]
+            out[rows] = block
+        for i, label in enumerate(labels):
+            vector = self._vec.get(label)
+            if vector is not None:
+                out[i] = vector
+        return out
+
+    def verify(self) -> None:
+        """The stored vectors are unit length (a file of another dimension or dtype is not)."""
+        if not self.rows:
+            return
+        probe = sorted({0, self.rows // 2, self.rows - 1})
+        norms = np.linalg.norm(self._full(probe), axis=1)
+        if not np.allclose(norms, 1.0, atol=1e-2):
+            raise ValueError(f"its vectors are not {self.dim}-d unit vectors (norms {', '.join(f'{x:.3f}' for x in norms)})")
+
+    # ---- read side ----
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._writing = True  # new readers wait: a steady stream of searches cannot starve a write
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    def _allowed(self, flt: dict) -> tuple[set[int], Any]:
+        """(labels matching ``flt``, a faiss selector over them); cached per filter (under ``_cond``)."""
+        key = json.dumps(flt, sort_keys=True)
+        hit = self._allowed_cache.get(key)
+        if hit is not None:
+            return hit
+        result: Optional[set[int]] = None
+        for name, want in flt.items():
+            posting = self._postings.get(name, {})
+            matching = set().union(*(posting.get(value_key(v), ()) for v in (want if isinstance(want, list) else [want])))
+            result = matching if result is None else result & matching
+            if not result:
+                break
+        result = result or set()
+        selector = None
+        if len(result) > EXACT_FILTER_MAX:
+            bits = np.zeros((self._next_label + 7) // 8, dtype=np.uint8)
+            labels = np.fromiter(result, dtype=np.int64, count=len(result))
+            np.bitwise_or.at(bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
+            selector = (faiss.IDSelectorBitmap(self._next_label, faiss.swig_ptr(bits)), bits)  # bits kept alive
+        if len(self._allowed_cache) >= 256:
+            self._allowed_cache.clear()
+        self._allowed_cache[key] = (result, selector)
+        return result, selector
+
+    def search(self, vectors: np.ndarray, params: SearchParams) -> list[list[Hit]]:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        k = min(params.k, len(self._id))
+        if k <= 0:
+            return [[] for _ in range(len(vectors))]
+        candidates = max(params.ef or self.default_ef, k)
+        allowed, selector = None, None
+        with self._reading():
+            if params.filter:
+                with self._cond:
+                    allowed, selector = self._allowed(params.filter)
+                if not allowed:
+                    return [[] for _ in range(len(vectors))]
+            if allowed is not None and selector is None:  # few keywords match: exact over them
+                labels = np.asarray(sorted(allowed), dtype=np.int64)
+                found = np.broadcast_to(labels, (len(vectors), len(labels)))
+            else:
+                found = self._scan(vectors, candidates, selector[0] if selector else None)
+            with self._cond:
+                rows = [[label for label in row.tolist() if label in self._id] for row in found]
+            flat = sorted({label for row in rows for label in row})
+            full = self._full(flat)
+        position = {label: i for i, label in enumerate(flat)}
+        out = []
+        for query, row in zip(vectors, rows):
+            if not row:
+                out.append([])
+                continue
+            scores = full[[position[label] for label in row]] @ query
+            best = np.argsort(-scores, kind="stable")[:k]
+            out.append([(row[i], float(scores[i])) for i in best])
+        with self._cond:  # a label a change removed meanwhile is left out
+            return [[Hit(self._id[label], self._text[label], score) for label, score in hits if label in self._id]
+                    for hits in out]
+
+    def _scan(self, vectors: np.ndarray, candidates: int, selector) -> np.ndarray:
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector) if selector is not None else \
+            faiss.SearchParametersIVF(nprobe=self.nprobe)
+        _, labels = self.index.search(vectors, candidates, params=params)
+        return labels  # -1 where a list ran short: dropped as not in the table
+
+    # ---- write side (one writer) ----
+
+    def apply(self, delete_ids: Sequence[str], ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str],
+              attributes: Sequence[dict]) -> int:
+        """Delete ``delete_ids`` and upsert the rest as one change no search sees half-done."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim) if len(ids) else None
+        if not (len(ids) == len(texts) == len(attributes)):
+            raise ValueError("ids, texts and attributes differ in length")
+        if len(set(ids)) != len(ids) or set(ids) & set(delete_ids):
+            raise ValueError("an id appears twice in one change")
+        if vectors is not None and not np.isfinite(vectors).all():
+            raise ValueError("a vector is not finite")
+        with self._writer:
+            first = self._next_label
+            labels = list(range(first, first + len(ids)))
+            with self._cond:
+                gone = [self._label[k] for k in list(delete_ids) + list(ids) if k in self._label]
+            with self._exclusive():
+                if gone:
+                    self.index.remove_ids(np.asarray(gone, dtype=np.int64))
+                if labels:
+                    self.index.add_with_ids(vectors, np.asarray(labels, dtype=np.int64))
+                self._next_label = first + len(ids)
+                with self._cond:
+                    deleted = 0
+                    for kid in list(delete_ids) + list(ids):
+                        old = self._label.get(kid)
+                        if old is not None:
+                            self._forget(old)
+                            deleted += kid in delete_ids
+                    for kid, label, text, attrs, row in zip(ids, labels, texts, attributes,
+                                                            vectors if vectors is not None else ()):
+                        self._id[label], self._text[label], self._attrs[label] = kid, text, dict(attrs)
+                        self._vec[label] = row.copy()
+                        self._label[kid] = label
+                        self._post(label, attrs)
+                    self._allowed_cache = {}
+            return deleted
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict]) -> None:
+        self.apply((), ids, vectors, texts, attributes)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        return self.apply(ids, (), np.zeros((0, self.dim), dtype=np.float32), (), ())
+
+    def memory_bytes(self) -> int:
+        """RAM of the compressed index itself: faiss' codes and ids, its centroids (not the keyword table)."""
+        ivf = faiss.extract_index_ivf(self.index)
+        codes = sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)) * (ivf.code_size + 8)
+        return int(codes + ivf.nlist * self.dim * 4)
