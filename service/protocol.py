@@ -407,8 +407,8 @@ def _check_value(value: Any, where: str) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where}: {value} is not a finite number")
         if not NUMBER_MIN <= value <= NUMBER_MAX:
-            raise ValueError(f"{where}: the number {value!r} is outside -2^63 to {NUMBER_MAX} (the largest double "
-                             "below 2^63), the range the index holds")
+            raise ValueError(f"{where}: the number {value!r} does not fit 64 bits: numbers lie between -2^63 and "
+                             f"{NUMBER_MAX} (the largest double below 2^63), the range the index holds")
         return
     if isinstance(value, str):
         if len(value) > MAX_VALUE_CHARS:
