@@ -30,7 +30,7 @@ import math
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import faiss
 import numpy as np
@@ -57,23 +57,112 @@ def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] =
     """Train and fill the index over ``vectors`` (L2-normalised, row = label) and write
     ``keywords.faiss`` and ``vectors.f16`` into ``folder``; returns the manifest's index fields."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    rows, dim = vectors.shape
-    factory = factory or default_factory(rows)
-    faiss.omp_set_num_threads(threads)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    rows = len(vectors)
     sample = vectors
     if rows > train_rows:  # a fixed seed keeps the artifact's checksum reproducible
         sample = vectors[np.sort(np.random.default_rng(seed).choice(rows, train_rows, replace=False))]
+    return build_compressed_chunks(lambda: iter([vectors]), rows, vectors.shape[1], folder, factory, sample=sample,
+                                   threads=threads, seed=seed)
+
+
+def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: int, dim: int, folder: Path,
+                            factory: Optional[str] = None, *, sample: Optional[np.ndarray] = None,
+                            train_rows: int = 200_000, threads: int = 2, seed: int = 100) -> dict[str, Any]:
+    """The same from a sequence of chunks (``chunks()`` yields them in label order; called twice
+    when no training ``sample`` is given: once for the first ``train_rows`` as the sample), so a
+    keyword set larger than RAM as float32 (10M x 768 = 31 GB) is built streaming."""
+    factory = factory or default_factory(rows)
+    faiss.omp_set_num_threads(threads)
+    if sample is None:
+        parts, have = [], 0
+        for chunk in chunks():
+            parts.append(np.asarray(chunk, dtype=np.float32)[: train_rows - have])
+            have += len(parts[-1])
+            if have >= train_rows:
+                break
+        sample = np.concatenate(parts)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(index).cp.seed = seed
-    index.train(sample)
-    index.add_with_ids(vectors, np.arange(rows, dtype=np.int64))
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    added = 0
+    with open(Path(folder) / "vectors.f16", "wb") as out:
+        for chunk in chunks():
+            chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+            index.add_with_ids(chunk, np.arange(added, added + len(chunk), dtype=np.int64))
+            out.write(chunk.astype(VECTOR_DTYPE).tobytes())
+            added += len(chunk)
+    if added != rows:
+        raise ValueError(f"the chunks held {added} vectors, not {rows}")
     faiss.write_index(index, str(Path(folder) / "keywords.faiss"))
-    vectors.astype(VECTOR_DTYPE).tofile(Path(folder) / "vectors.f16")
     return {"factory": factory, "code_bytes": int(index.sa_code_size()), "lists": int(faiss.extract_index_ivf(index).nlist)}
 
 
-def write_vectors(path: Path, vectors: np.ndarray) -> None:
-    np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tofile(path)
+class CompressedVectors:
+    """The search itself, labels in and out: the faiss scan over codes, then the exact re-rank
+    from the full vectors. No keyword table and no locking (``CompressedIndex`` adds both);
+    the scale benchmark times this alone against hnswlib's ``knn_query``."""
+
+    def __init__(self, index_path: Path, vectors_path: Path, rows: int, dim: int, nprobe: int):
+        self.index = faiss.read_index(str(index_path))
+        if self.index.d != dim:
+            raise ValueError(f"the faiss index holds {self.index.d}-d codes, not {dim}-d")
+        if self.index.ntotal != rows:
+            raise ValueError(f"the faiss index holds {self.index.ntotal} codes but the keyword store has {rows} rows")
+        expected = rows * dim * np.dtype(VECTOR_DTYPE).itemsize
+        size = Path(vectors_path).stat().st_size
+        if size != expected:
+            raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {rows} x {dim} float16")
+        self.vectors = np.memmap(vectors_path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, dim))
+        self.rows, self.dim, self.nprobe = rows, dim, nprobe
+        self.extra: dict[int, np.ndarray] = {}  # full vectors of labels past the file (live upserts)
+
+    def full(self, labels: Sequence[int]) -> np.ndarray:
+        """Full vectors of labels: live upserts from memory, the file's rows from the map."""
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        rows = [i for i, label in enumerate(labels) if label < self.rows and label not in self.extra]
+        if rows:
+            wanted = np.asarray([labels[i] for i in rows], dtype=np.int64)
+            order = np.argsort(wanted)  # ascending reads: the page cache and read-ahead like them
+            block = np.empty((len(rows), self.dim), dtype=np.float32)
+            block[order] = self.vectors[wanted[order]]
+            out[rows] = block
+        for i, label in enumerate(labels):
+            vector = self.extra.get(label)
+            if vector is not None:
+                out[i] = vector
+        return out
+
+    def candidates(self, vectors: np.ndarray, count: int, selector=None) -> np.ndarray:
+        """[n, count] labels by approximate score (-1 where the scanned lists ran short)."""
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector) if selector is not None else \
+            faiss.SearchParametersIVF(nprobe=self.nprobe)
+        return self.index.search(vectors, count, params=params)[1]
+
+    def rerank(self, vectors: np.ndarray, rows: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+        """Each query's best k of its candidate labels by exact inner product, best first."""
+        flat = sorted({label for row in rows for label in row})
+        full = self.full(flat)
+        position = {label: i for i, label in enumerate(flat)}
+        out = []
+        for query, row in zip(vectors, rows):
+            if not row:
+                out.append([])
+                continue
+            scores = full[[position[label] for label in row]] @ query
+            best = np.argsort(-scores, kind="stable")[:k]
+            out.append([(row[i], float(scores[i])) for i in best])
+        return out
+
+    def search_labels(self, vectors: np.ndarray, k: int, candidates: int) -> list[list[tuple[int, float]]]:
+        """(label, score) of the best k per query, from ``candidates`` re-ranked (every label live)."""
+        found = self.candidates(vectors, max(candidates, k))
+        return self.rerank(vectors, [[label for label in row.tolist() if label >= 0] for row in found], k)
+
+    def memory_bytes(self) -> int:
+        """RAM of the compressed index: faiss' codes and ids, and its centroids."""
+        ivf = faiss.extract_index_ivf(self.index)
+        codes = sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)) * (ivf.code_size + 8)
+        return int(codes + ivf.nlist * self.dim * 4)
 
 
 class CompressedIndex:
@@ -88,24 +177,15 @@ class CompressedIndex:
             raise ValueError("the keyword store repeats an id")
         self.dim = dim
         self.default_ef = ef
-        self.nprobe = nprobe
-        self.index = faiss.read_index(str(index_path))
-        if self.index.d != dim:
-            raise ValueError(f"the faiss index holds {self.index.d}-d codes, not {dim}-d")
-        if self.index.ntotal != len(ids):
-            raise ValueError(f"the faiss index holds {self.index.ntotal} codes but the keyword store has {len(ids)} rows")
-        expected = len(ids) * dim * np.dtype(VECTOR_DTYPE).itemsize
-        size = Path(vectors_path).stat().st_size
-        if size != expected:
-            raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {len(ids)} x {dim} float16")
-        self.vectors = np.memmap(vectors_path, dtype=VECTOR_DTYPE, mode="r", shape=(len(ids), dim))
+        self.core = CompressedVectors(index_path, vectors_path, len(ids), dim, nprobe)
+        self.index = self.core.index
         self.rows = len(ids)
         attrs = read_attributes(attributes_path, len(ids)) if attributes_path else [build_attributes(i) for i in ids]
         self._id: dict[int, str] = dict(enumerate(ids))
         self._text: dict[int, str] = dict(enumerate(texts))
         self._attrs: dict[int, dict] = dict(enumerate(attrs))
         self._label: dict[str, int] = {kid: i for i, kid in enumerate(ids)}
-        self._vec: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
+        self._vec = self.core.extra  # full vectors of live upserts (not in the file)
         self._postings: dict[str, dict[tuple, set[int]]] = {}
         for label, attributes in self._attrs.items():
             self._post(label, attributes)
@@ -171,20 +251,7 @@ class CompressedIndex:
         return self._full(labels)
 
     def _full(self, labels: Sequence[int]) -> np.ndarray:
-        """Full vectors of labels: live upserts from memory, the artifact's rows from the file."""
-        out = np.empty((len(labels), self.dim), dtype=np.float32)
-        rows = [i for i, label in enumerate(labels) if label < self.rows and label not in self._vec]
-        if rows:
-            wanted = np.asarray([labels[i] for i in rows], dtype=np.int64)
-            order = np.argsort(wanted)  # ascending reads: the page cache and read-ahead like them
-            block = np.empty((len(rows), self.dim), dtype=np.float32)
-            block[order] = self.vectors[wanted[order]]
-            out[rows] = block
-        for i, label in enumerate(labels):
-            vector = self._vec.get(label)
-            if vector is not None:
-                out[i] = vector
-        return out
+        return self.core.full(labels)
 
     def verify(self) -> None:
         """The stored vectors are unit length (a file of another dimension or dtype is not)."""
@@ -266,29 +333,13 @@ class CompressedIndex:
                 labels = np.asarray(sorted(allowed), dtype=np.int64)
                 found = np.broadcast_to(labels, (len(vectors), len(labels)))
             else:
-                found = self._scan(vectors, candidates, selector[0] if selector else None)
+                found = self.core.candidates(vectors, candidates, selector[0] if selector else None)
             with self._cond:
                 rows = [[label for label in row.tolist() if label in self._id] for row in found]
-            flat = sorted({label for row in rows for label in row})
-            full = self._full(flat)
-        position = {label: i for i, label in enumerate(flat)}
-        out = []
-        for query, row in zip(vectors, rows):
-            if not row:
-                out.append([])
-                continue
-            scores = full[[position[label] for label in row]] @ query
-            best = np.argsort(-scores, kind="stable")[:k]
-            out.append([(row[i], float(scores[i])) for i in best])
+            out = self.core.rerank(vectors, rows, k)
         with self._cond:  # a label a change removed meanwhile is left out
             return [[Hit(self._id[label], self._text[label], score) for label, score in hits if label in self._id]
                     for hits in out]
-
-    def _scan(self, vectors: np.ndarray, candidates: int, selector) -> np.ndarray:
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector) if selector is not None else \
-            faiss.SearchParametersIVF(nprobe=self.nprobe)
-        _, labels = self.index.search(vectors, candidates, params=params)
-        return labels  # -1 where a list ran short: dropped as not in the table
 
     # ---- write side (one writer) ----
 
@@ -336,7 +387,5 @@ class CompressedIndex:
         return self.apply(ids, (), np.zeros((0, self.dim), dtype=np.float32), (), ())
 
     def memory_bytes(self) -> int:
-        """RAM of the compressed index itself: faiss' codes and ids, its centroids (not the keyword table)."""
-        ivf = faiss.extract_index_ivf(self.index)
-        codes = sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)) * (ivf.code_size + 8)
-        return int(codes + ivf.nlist * self.dim * 4)
+        """RAM of the compressed index itself (not the keyword table)."""
+        return self.core.memory_bytes()
