@@ -159,6 +159,24 @@ def describe_validation(errors: list[dict]) -> str:
     return "Invalid request: " + "; ".join(parts) + more + "."
 
 
+def render(exc: BaseException) -> tuple[int, str, str, dict[str, str]] | None:
+    """(status, code, sentence, headers) of an error a request handler raised, or None for an
+    unexpected one (a bug: the caller logs it and answers ``INTERNAL_ERROR``). The one mapping
+    behind both the app's handlers and the edge, which answers most searches itself."""
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, Refusal):
+        error = refusal_error(exc)
+        return error.status, error.code, error.message, error.headers
+    if isinstance(exc, ClientGone):
+        return (*CLIENT_CLOSED, {})
+    if isinstance(exc, RequestValidationError):
+        return 422, "invalid_request", describe_validation(list(exc.errors())), {}
+    if isinstance(exc, ValidationError):
+        return 422, "invalid_request", describe_validation(exc.errors(include_url=False)), {}
+    return None
+
+
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -174,26 +192,11 @@ _STATUS_CODES = {
 
 
 def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _rendered(request: Request, exc: Exception) -> Response:
+        return error_response(*render(exc))
 
-    @app.exception_handler(Refusal)
-    async def _refusal(request: Request, exc: Refusal) -> Response:
-        error = refusal_error(exc)
-        return error_response(error.status, error.code, error.message, error.headers)
-
-    @app.exception_handler(ClientGone)
-    async def _client_gone(request: Request, exc: ClientGone) -> Response:
-        return error_response(*CLIENT_CLOSED)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, "invalid_request", describe_validation(list(exc.errors())))
-
-    @app.exception_handler(ValidationError)
-    async def _validation(request: Request, exc: ValidationError) -> Response:
-        return error_response(422, "invalid_request", describe_validation(exc.errors(include_url=False)))
+    for kind in (ServiceError, Refusal, ClientGone, RequestValidationError, ValidationError):
+        app.add_exception_handler(kind, _rendered)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -147,7 +147,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     # 429 at the edge). Included routers do not list their routes in app.routes; the schema does.
     known = {getattr(route, "path", "") for route in app.routes} | set(app.openapi()["paths"])
     app.add_middleware(EdgeMiddleware, metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes,
-                       known_paths=known)
+                       known_paths=known, service=service)
     if settings.cors_origins:  # added last, so outermost: the edge's own answers (413, 429) carry it too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization"])

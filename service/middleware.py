@@ -46,7 +46,8 @@ from pydantic_core import from_json
 from starlette.requests import ClientDisconnect
 
 from service.batcher import REQUEST, Ticket
-from service.errors import CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, Refusal, ServiceError, error_body, refusal_error
+from service.errors import (CLIENT_CLOSED, INTERNAL_ERROR, BodyTooLarge, Refusal, ServiceError, error_body,
+                            refusal_error, render)
 from service.protocol import SearchRequest
 from service.serving import Phase, encoder_for_model
 
@@ -81,8 +82,13 @@ class BodyTimeout(ServiceError):
 
 
 class EdgeMiddleware:
-    def __init__(self, app, *, metrics, state, max_body_bytes: int, known_paths: set[str], settings=None):
+    def __init__(self, app, *, metrics, state, max_body_bytes: int, known_paths: set[str], settings=None,
+                 service=None):
         self.app = app
+        # POST /v1/search answered here (``SearchService.search_bytes``), not by the framework:
+        # FastAPI's routing, request object and response classes cost more per search than the
+        # static student's encode and a small index's search together (issue #29).
+        self.service = service
         self.state = state
         self.max_body = max_body_bytes
         self.known_paths = known_paths
@@ -189,7 +195,10 @@ class EdgeMiddleware:
             app_receive = _limited(receive, limit, deadline)
 
         try:
-            await self.app(scope, app_receive, tracking_send)
+            if self.service is not None and scope["path"] == "/v1/search" and scope["method"] == "POST":
+                await self._search(scope, body, receive, tracking_send)
+            else:
+                await self.app(scope, app_receive, tracking_send)
         except (BodyTooLarge, BodyTimeout) as exc:  # raised by our receive where no handler caught it
             if not started:
                 await _send_error(tracking_send, exc.status, exc.code, exc.message, exc.headers)
@@ -212,6 +221,20 @@ class EdgeMiddleware:
                 # Beyond its queue wait and its own cost: HTTP work, loop lag, batch-mates. (Counting
                 # only HTTP work, the 3x open loop kept p99 27 ms; this, 19 ms: one run each.)
                 ticket.batcher.observe_service(max(0.0, elapsed - ticket.queue_s - ticket.cost_s))
+
+    async def _search(self, scope, body: bytes, receive, send) -> None:
+        """POST /v1/search, answered without the framework: the same bytes the route gives."""
+        try:
+            answer = await self.service.search_bytes(scope, body, receive)
+        except Exception as exc:  # noqa: BLE001 - rendered like the app's handlers render it
+            error = render(exc)
+            if error is None:
+                raise  # a bug: the caller's last-resort 500, logged with its traceback
+            await _send_error(send, *error)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
 
     async def _hold(self, scope, problem: ServiceError) -> None:
         """Hold a refusal on a connection that sent this request at once after a refusal.

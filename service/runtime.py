@@ -43,6 +43,12 @@ INDEX_PROBE_S = 2.0  # how often a remote index (Milvus) is asked whether it ans
 def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int):
     """The keyword index the settings name: the artifact's hnswlib graph, or its Milvus collection."""
     idx = manifest["index"]
+    if settings.index_backend != "milvus" and idx.get("library") == "faiss":
+        from retrieval.compressed import CompressedIndex  # faiss loads only for an artifact that needs it
+
+        return CompressedIndex(root / idx["path"], root / idx["vectors"], root / idx["store"], int(idx["dim"]), ef,
+                               int(idx["nprobe"]),
+                               attributes_path=root / idx["attributes"] if idx.get("attributes") else None)
     if settings.index_backend != "milvus":
         return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef,
                          attributes_path=root / idx["attributes"] if idx.get("attributes") else None,
@@ -136,6 +142,10 @@ class EncoderSlot:
     # batched int8 run depends on its neighbours; run such a model one query at a time
     # (tokenised and searched as a batch) to keep answers independent of the batch.
     row_by_row: bool
+    # Searches answered on the event loop, without the batch worker: the encoder is
+    # batch-invariant and a query costs it less than the hand-off to a worker thread
+    # (HLM_INLINE_ENCODE_US; set at start from the calibrated cost).
+    inline: bool = False
     batcher: Optional[Batcher] = None
     limit: Optional[ConcurrencyLimit] = None  # the edge's in-flight limit (service/concurrency.py)
     m_encode: Any = None
@@ -282,10 +292,30 @@ class Runtime:
                 metrics=self.metrics,
             )
             slot.batcher.start(loop)
+            slot.inline = self._inline_capable(slot)
             slot.limit = ConcurrencyLimit(name, slot.batcher.slo_s, fixed=s.max_in_flight,
                                           retry_after_s=s.retry_after_s, metrics=self.metrics)
         if hasattr(self.index, "healthy"):
             self._index_probe = loop.create_task(self._probe_index())
+
+    def _inline_capable(self, slot: EncoderSlot) -> bool:
+        """Whether ``slot`` answers searches on the event loop: batch-invariant, and one query's
+        encode (the median of a few warm runs) within HLM_INLINE_ENCODE_US."""
+        limit_s = self.settings.inline_encode_us / 1e6
+        if not limit_s or slot.row_by_row:
+            return False
+        runs = []
+        for _ in range(5):
+            for text in WARMUP_TEXTS:
+                t0 = time.perf_counter()
+                self._encode(slot, [text])
+                runs.append(time.perf_counter() - t0)
+            if min(runs) > 4 * limit_s:  # the teacher: no need to time it further
+                return False
+        cost = float(np.median(runs))
+        log.info("%s encoder: %.0f us a query; searches answered %s", slot.name, cost * 1e6,
+                 "on the event loop" if cost <= limit_s else "by its batch worker")
+        return cost <= limit_s
 
     @property
     def index_ready(self) -> bool:
@@ -322,6 +352,23 @@ class Runtime:
     def _encode(self, slot: EncoderSlot, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
         out = slot.encoder.encode_each(texts) if slot.row_by_row and len(texts) > 1 else slot.encoder.encode(texts)
         return out.vectors, out.truncated
+
+    def run_inline(self, slot: EncoderSlot, query: Query) -> Answer:
+        """One request's answer computed here and now (the event loop's thread): for an encoder
+        cheaper than the hand-off to its batch worker (``EncoderSlot.inline``). The same
+        encode and search as a batch of one, so the answer is the one ``run_batch`` gives it."""
+        t0 = time.perf_counter()
+        vectors, truncated = self._encode(slot, query.texts)
+        t1 = time.perf_counter()
+        slot.m_encode.observe(t1 - t0)
+        hits = None
+        if query.k:
+            hits = self.index.search(vectors, SearchParams(query.k, max(query.ef, query.k), query.filter))
+            slot.m_index.observe(time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        slot.m_queries.inc(len(query.texts))
+        return Answer(truncated=truncated, hits=hits, vectors=vectors if query.want_vectors else None,
+                      encode_s=t1 - t0, index_s=(t2 - t1) if query.k else 0.0, batch=len(query.texts))
 
     def run_batch(self, slot: EncoderSlot, jobs: Sequence[Job]) -> list[Answer]:
         queries: list[Query] = [job.payload for job in jobs]

@@ -154,9 +154,16 @@ class SearchService:
     # ---- /v1/search ----
 
     async def search(self, request: Request) -> Response:
-        body = await request.body()
+        """The route's entry (the edge answers most searches itself, through ``search_bytes``)."""
+        return Response(await self.search_bytes(request.scope, await request.body(), request.receive),
+                        media_type=JSON)
+
+    async def search_bytes(self, scope: dict, body: bytes, receive: Callable) -> bytes:
+        """Body bytes -> answer bytes: parsed once, the encoder's work on the loop (an inline
+        encoder) or in its batch worker, the response serialised once. Errors are raised as
+        ServiceError / ValidationError, rendered by ``service.errors.render`` wherever called."""
         req = parse(SearchRequest, body, self._context)
-        request.scope["hlm.encoder"] = req.encoder
+        scope["hlm.encoder"] = req.encoder
         runtime = self.runtime()
         warnings = check_filter(runtime.index, req.filter)  # 422: an attribute no keyword carries (service/filters.py)
         slot = runtime.slots[req.encoder]
@@ -177,7 +184,10 @@ class SearchService:
         answer = Answer(truncated=[])
         if missing:
             ask = query if len(missing) == len(texts) else replace(query, texts=[texts[i] for i in missing])
-            answer = await wait_answer(slot.batcher.submit(ask, len(ask.texts)), request.receive)
+            if slot.inline:
+                answer = runtime.run_inline(slot, ask)
+            else:
+                answer = await wait_answer(slot.batcher.submit(ask, len(ask.texts)), receive)
             for i, truncated, row in zip(missing, answer.truncated, answer.hits):
                 found[i] = (truncated, [{"id": h.id, "text": h.text, "score": h.score} for h in row])
                 if cache.enabled:
@@ -194,18 +204,17 @@ class SearchService:
             "k": query.k,
             "ef": ef,
             "results": results,
-            "timings": self._timings(request, answer),
+            "timings": self._timings(scope, answer),
         }
         if warnings:
             payload["warnings"] = warnings
-        response = Response(dumps(payload), media_type=JSON)
         rate = self.settings.shadow_rate
         if missing and rate and req.encoder == "student" and random.random() < rate:
             self._shadow(runtime, ask, answer)
-        return response
+        return dumps(payload)
 
-    def _timings(self, request: Request, answer: Answer) -> dict[str, float]:
-        start = request.scope.get("hlm.start") or time.perf_counter()
+    def _timings(self, scope: dict, answer: Answer) -> dict[str, float]:
+        start = scope.get("hlm.start") or time.perf_counter()
         return {
             "queue_ms": _ms(answer.queue_s),
             "encode_ms": _ms(answer.encode_s),
@@ -245,7 +254,7 @@ class SearchService:
                 {"query": text, "truncated": truncated, "embedding": vector}
                 for text, truncated, vector in zip(req.texts, answer.truncated, answer.vectors.tolist())
             ],
-            "timings": self._timings(request, answer),
+            "timings": self._timings(request.scope, answer),
         }
         return Response(dumps(payload), media_type=JSON)
 

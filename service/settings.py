@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "rate x 0.35 x its SLO (service/concurrency.py); 0 = no limit.",
     )
     retry_after_s: int = Field(1, ge=1, description="Least Retry-After on 429/503 answers (else the expected wait, rounded up).")
+    inline_encode_us: float = Field(
+        250.0, ge=0.0,
+        description="An encoder whose answers do not depend on batch-mates and whose one-query encode (measured at "
+        "start) costs at most this many microseconds answers /v1/search on the event loop, without the hand-off to "
+        "its batch worker (the static student: ~30 us; the hand-off costs more). 0 = always the batch worker.",
+    )
 
     # ONNX Runtime.
     threads: int = Field(1, ge=1, le=64, description="Intra-op threads per ONNX Runtime session (1 was fastest on 2 cores).")

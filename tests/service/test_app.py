@@ -45,10 +45,10 @@ def test_an_unexpected_error_is_a_bare_json_500(monkeypatch, caplog):
     c = client()
     service = c.app.state.hlm
 
-    async def broken(request):
+    async def broken(scope, body, receive):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(service, "search", broken)
+    monkeypatch.setattr(service, "search_bytes", broken)  # what the edge and the route both call
     r = c.post("/v1/search", json={"query": "drill"})
     assert r.status_code == 500 and error_of(r)["code"] == "internal_error"
     assert "secret" not in r.text
