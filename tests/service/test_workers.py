@@ -83,10 +83,11 @@ def wait_until(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def two(start_server, static_artifact):
-    # No time bound on either queue: the drain test keeps several teacher requests of one
-    # client in flight at once (what it drains), which the teacher's budget would refuse.
+    # No time bound on either queue and room for large teacher requests: the drain test keeps
+    # several of them from one client in flight at once (what it drains), which the teacher's
+    # budget or its per-request bound would refuse.
     srv = start_server(static_artifact, workers=2, admin_token=TOKEN, shadow_rate=0, max_queue_wait_ms=0,
-                       teacher_max_queue_wait_ms=0)
+                       teacher_max_queue_wait_ms=0, teacher_max_request_ms=60000)
     srv.wait_for("/readyz")
     wait_until(lambda: len(worker_pids(srv)) == 2, what="both workers answering")
     return srv
@@ -221,11 +222,11 @@ def test_an_unservable_artifact_stops_every_worker(start_server, unservable_arti
 
 
 def test_sigterm_drains_the_requests_in_flight_on_every_worker_and_exits_0(two):
-    """Six teacher requests of 16 queries, each on a connection of its own, are in flight
+    """Six teacher requests of 48 queries, each on a connection of its own, are in flight
     (admitted, unanswered: the hlm_in_flight gauge summed over the workers says six) when
     the supervisor gets SIGTERM: every one is answered 200, both workers drain, exit 0."""
     pids = worker_pids(two)
-    body = {"queries": [f"cordless drill {i}" for i in range(16)], "encoder": "teacher"}
+    body = {"queries": [f"cordless drill {i}" for i in range(48)], "encoder": "teacher"}
 
     async def main():
         async def one():
@@ -243,7 +244,7 @@ def test_sigterm_drains_the_requests_in_flight_on_every_worker_and_exits_0(two):
 
     answers = asyncio.run(main())
     assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
-    assert all(len(a.json()["results"]) == 16 for a in answers)
+    assert all(len(a.json()["results"]) == 48 for a in answers)
     assert two.stop(timeout=60) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
