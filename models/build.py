@@ -281,7 +281,11 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     )
     print(f"  training data: {len(data.texts)} phase-2 texts, {len(data.pair_queries)} judged train pairs")
     teacher_id = teacher_key(profile.max_length, teacher_folder) if teacher_folder else "packaged"
-    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id]).encode()).hexdigest()[:12]
+    # Keyed by the keyword texts themselves too: a change of the text clean-up (HTML entities
+    # decoded since #26) must not resume a training on the old texts.
+    texts = hashlib.sha256("\n".join(inputs.keyword_texts).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id,
+                                     texts]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
     table_tokens = None
     if profile.static_table == "texts":
