@@ -28,7 +28,7 @@ from .conftest import clone_artifact
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KILL_AT = "[build] export"  # the student is fitted; ONNX files are being written into the staging folder
+KILL_AT = "[build] export"  # the student is fitted; ONNX files are about to be written into the staging folder
 
 
 def build_cmd(out, data_dir):
@@ -71,12 +71,18 @@ def test_a_killed_build_leaves_the_old_artifact_and_the_rerun_resumes(small_arti
     proc = subprocess.Popen(build_cmd(out, data_dir), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen, deadline = [], time.monotonic() + 400
+    exported = None
     try:
         for line in proc.stdout:
             seen.append(line)
             if line.startswith(KILL_AT) or time.monotonic() > deadline:
                 break
-        time.sleep(1.0)  # let it write part of the export
+        # Killed once the export has begun writing: the student's ONNX file is in the staging
+        # folder (evidence, not a guess after a sleep), before its int8 copy and the manifest.
+        while exported is None and proc.poll() is None and time.monotonic() < deadline:
+            exported = next(iter(tmp_path.glob(".art.partial-*/student/model.onnx")), None)
+            if exported is None:
+                time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -85,6 +91,8 @@ def test_a_killed_build_leaves_the_old_artifact_and_the_rerun_resumes(small_arti
     first = "".join(seen)
     assert any(line.startswith(KILL_AT) for line in seen), first[-3000:]
     assert proc.returncode == -signal.SIGKILL
+    assert exported is not None, "the export never wrote the student's ONNX file before the deadline"
+    assert not (exported.parent.parent / "manifest.json").exists()
 
     # The previous artifact is untouched and still verifies; no staging folder looks complete.
     assert verify(out)["artifact_sha256"] == previous
