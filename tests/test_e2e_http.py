@@ -1,4 +1,5 @@
-"""End to end: `hlm serve` on a small real artifact, used the way a client and Prometheus do.
+"""End to end: `hlm serve` on the product's student (the tiny static build, trained and gated
+in the session), used the way a client and Prometheus do.
 
 Checks the online path as one piece: start-up to ready, student and teacher searches over
 HTTP, the metric names and labels that the load-test harness and the Prometheus rules
@@ -52,7 +53,7 @@ def test_serving_code_imports_neither_torch_nor_transformers():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_hlm_serve_end_to_end(small_artifact, tmp_path):
+def test_hlm_serve_end_to_end(static_artifact, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -61,7 +62,7 @@ def test_hlm_serve_end_to_end(small_artifact, tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(small_artifact), "--port", str(port)],
+            [sys.executable, "-m", "hlm.cli", "serve", "--artifact", str(static_artifact), "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
@@ -87,7 +88,8 @@ def test_hlm_serve_end_to_end(small_artifact, tmp_path):
             top[encoder] = [h["id"] for h in body["results"][0]["keywords"]]
         assert client.post("/v1/search", json={"query": "drill", "k": 0}).status_code == 422
         info = client.get("/v1/info").json()
-        assert info["status"] == "ready" and info["index"]["count"] == 500
+        assert info["status"] == "ready" and info["index"]["count"] == 2000
+        assert info["encoders"]["student"]["model"].startswith("static trained by hlm distill (phase3")
 
         # The student search queued one shadow job on the idle teacher: wait until it has
         # landed (counted, not slept on), then read the metrics as Prometheus would.
