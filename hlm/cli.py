@@ -240,7 +240,7 @@ def serve(
     workers: Optional[int] = typer.Option(None, help="Worker processes, one per core (default HLM_WORKERS or 1)."),
 ) -> None:
     """Serve the HTTP API (every other setting from HLM_* variables)."""
-    from service.server import serve as run_server
+    from service.workers import run as run_server
     from service.settings import Settings, describe_invalid
 
     overrides = {"artifact_dir": artifact, "host": host, "port": port, "access_log": access_log, "log_level": log_level,

@@ -51,12 +51,14 @@ class StartupAborted(Exception):
 
 
 def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callable[[str], None]] = None,
-               on_ready: Optional[Callable[[], None]] = None) -> FastAPI:
+               on_ready: Optional[Callable[[dict], None]] = None, supervisor_pid: Optional[int] = None) -> FastAPI:
+    """``on_ready(served)``: once loaded and warm, with the resolved folder and artifact_sha256;
+    ``supervisor_pid``: in a worker of ``hlm serve --workers N``, whom a reload asks to roll."""
     settings = settings or Settings()
     metrics = Metrics()
     state = AppState()
     service = SearchService(settings, metrics, state)
-    reloader = Reloader(settings, metrics, state, routes_meta.VERSION)
+    reloader = Reloader(settings, metrics, state, routes_meta.VERSION, supervisor_pid=supervisor_pid)
 
     async def load_in_background(runtime: Runtime) -> None:
         t0 = time.perf_counter()
@@ -86,7 +88,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
                  ", ".join(f"{n} on {s.encoder.provider}" for n, s in runtime.slots.items()),
                  len(runtime.index), time.perf_counter() - t0)
         if on_ready is not None:
-            on_ready()
+            on_ready({"artifact_dir": str(runtime.root), "artifact_sha256": runtime.manifest.get("artifact_sha256")})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

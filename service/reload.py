@@ -53,8 +53,11 @@ def set_build_info(metrics: Metrics, runtime: Runtime, version: str) -> None:
 
 
 class Reloader:
-    def __init__(self, settings: Settings, metrics: Metrics, state, version: str):
+    def __init__(self, settings: Settings, metrics: Metrics, state, version: str, supervisor_pid: Optional[int] = None):
         self.settings = settings
+        # In a worker of `hlm serve --workers N`: one worker must not swap alone, a reload asks
+        # the supervisor (this pid, passed down by it) to roll them all.
+        self.supervisor_pid = supervisor_pid
         self.metrics = metrics
         self.state = state
         self.version = version

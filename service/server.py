@@ -1,7 +1,8 @@
 """Run the app under uvicorn in this process (what ``hlm serve`` does).
 
 One process: the encoders' threads and the index live in it. With ``--workers N`` (N > 1)
-``service.workers`` runs N of these on one port. uvicorn finishes
+``service.workers`` runs N of these on one port (it imports this module, never the
+reverse: the import contract in pyproject.toml keeps the layers one way). uvicorn finishes
 in-flight requests on SIGTERM/SIGINT before the lifespan drains the batch queues.
 Returns the process exit code: 0 after a clean shut-down, 2 when start-up was refused.
 (After a shut-down on SIGTERM uvicorn re-raises the signal, so the process then ends
@@ -13,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import logging.config
 import socket
 from typing import Callable, Optional
 
@@ -157,21 +157,17 @@ def protocol_for(settings: Settings) -> type:
 
 
 def serve(settings: Settings, *, sockets: Optional[list[socket.socket]] = None,
-          on_ready: Optional[Callable[[], None]] = None) -> int:
-    """Serve until SIGTERM/SIGINT. ``sockets``: listen there (a worker of ``service.workers``)
-    instead of binding host:port; ``on_ready`` is called once the artifact is loaded and warm."""
-    if settings.workers > 1 and sockets is None:
-        from service.workers import serve_workers
-
-        logging.config.dictConfig(log_config(settings.log_level))
-        return serve_workers(settings)
+          on_ready: Optional[Callable[[dict], None]] = None, supervisor_pid: Optional[int] = None) -> int:
+    """Serve until SIGTERM/SIGINT. A worker of ``service.workers`` passes ``sockets`` (listen
+    there instead of binding host:port), ``on_ready`` (called with what is served once the
+    artifact is loaded and warm) and its ``supervisor_pid`` (a reload asks it to roll)."""
     server: uvicorn.Server | None = None
 
     def on_fatal(reason: str) -> None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal, on_ready=on_ready)
+    app = create_app(settings, on_fatal=on_fatal, on_ready=on_ready, supervisor_pid=supervisor_pid)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     # Where the artifact lives and where to listen.
     artifact_dir: Path = Field(Path("artifacts/demo"), description="Artifact folder (manifest.json inside).")
+    artifact_sha256: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="Serve only the artifact whose manifest has this artifact_sha256 (start-up and reloads refuse "
+        "another). --workers N sets it for a worker that replaces a dead one: it must serve what the others serve.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(

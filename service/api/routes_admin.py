@@ -18,7 +18,6 @@ from service.live.admin import change_keywords, get_keyword
 from service.protocol import KEYWORD_ID, ErrorResponse, KeywordOut, KeywordsResponse
 from service.reload import Reloader
 from service.serving import SearchService, dumps
-from service.workers import supervisor_pid
 
 
 def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
@@ -44,7 +43,7 @@ def build_router(service: SearchService, reloader: Reloader) -> APIRouter:
         service.check_admin(request)
         if await request.body():
             raise InvalidRequest("POST /admin/reload takes no body: it reloads the configured HLM_ARTIFACT_DIR.")
-        parent = supervisor_pid(service.settings)
+        parent = reloader.supervisor_pid
         if parent is not None:  # one worker must not swap alone: the supervisor replaces them all
             os.kill(parent, signal.SIGHUP)
             return Response(dumps({"status": "rolling", "workers": service.settings.workers, "supervisor_pid": parent,
