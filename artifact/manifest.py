@@ -21,14 +21,18 @@ inside the graph, so the runtime needs no post-processing.
 The service trusts nothing the manifest does not vouch for: ``verify`` raises
 ``ArtifactError`` with one sentence for a missing file, a wrong checksum, an
 unreadable manifest, inconsistent dimensions, a top-level ``artifact_sha256`` that is
-not the hash of the listed files, or a listed path that leads outside the folder
-(absolute, ``..``, or a symlink whose target lies elsewhere).
+not the hash of the listed files and (``hash_version`` 2) of every other manifest field,
+a referenced file that is not listed (models, tokenizers, index, store, attributes), or a
+listed path that leads outside the folder (absolute, ``..``, or a symlink whose target lies
+elsewhere). ``FilePins`` closes the gap between hashing a file and loading it: each file's
+identity when it was hashed, checked again once everything is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -38,7 +42,12 @@ from typing import Any, Iterator
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# 1 (no field): artifact_sha256 covers the files only, so a hand-edited `servable`, `gate`,
+# index `ef` or `attributes` kept the identity of another build. 2: it covers every field.
+HASH_VERSION = 2
 ENCODER_NAMES = ("student", "teacher")
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(Exception):
@@ -67,19 +76,26 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Fill in ``files`` and ``artifact_sha256`` and write the manifest atomically."""
     manifest = dict(manifest)
     manifest["format_version"] = FORMAT_VERSION
+    manifest["hash_version"] = HASH_VERSION
+    manifest.pop("artifact_sha256", None)
     manifest["files"] = describe_files(root)
-    manifest["artifact_sha256"] = artifact_hash(manifest["files"])
+    manifest["artifact_sha256"] = artifact_hash(manifest["files"], manifest)
     tmp = root / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, root / MANIFEST_NAME)
     return manifest
 
 
-def artifact_hash(files: dict[str, dict[str, Any]]) -> str:
-    """One hash for the whole artifact: the hash of its file hashes."""
+def artifact_hash(files: dict[str, dict[str, Any]], manifest: dict[str, Any] | None = None) -> str:
+    """One hash for the whole artifact: the hash of its file hashes and, for a ``manifest`` of
+    ``hash_version`` 2, of every other field in canonical JSON (what the service serves depends
+    on them: servable, gate, index ef and attributes, encoders, precisions)."""
     digest = hashlib.sha256()
     for rel in sorted(files):
         digest.update(f"{rel}\0{files[rel]['sha256']}\n".encode())
+    if manifest is not None and manifest.get("hash_version") == HASH_VERSION:
+        fields = {key: value for key, value in manifest.items() if key not in ("files", "artifact_sha256")}
+        digest.update(b"manifest\0" + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 
@@ -98,8 +114,39 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify(root: Path | str, *, checksums: bool = True) -> dict[str, Any]:
-    """Read the manifest and check every promise it makes; return it if all hold."""
+class FilePins(dict):
+    """rel -> each file's identity (device, inode, size, mtime) when ``verify`` hashed it.
+
+    ``verify`` hashes the files and the loader opens them again later: a file replaced or
+    rewritten in between would be served unverified. ``check`` after the load refuses that."""
+
+    def check(self, root: Path | str) -> None:
+        for rel, pinned in self.items():
+            try:
+                now = _identity(os.stat(Path(root) / rel))
+            except OSError:
+                now = None
+            if now != pinned:
+                raise ArtifactError(f"Artifact file {rel} changed after it was verified (replaced or rewritten while "
+                                    f"it was being loaded); load the artifact again.")
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _hash_pinned(path: Path, chunk: int = 1 << 20) -> tuple[str, tuple]:
+    """sha256 of the file and the identity of the very file read (fstat of the same handle)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+        return digest.hexdigest(), _identity(os.fstat(handle.fileno()))
+
+
+def verify(root: Path | str, *, checksums: bool = True, pins: FilePins | None = None) -> dict[str, Any]:
+    """Read the manifest and check every promise it makes; return it if all hold. ``pins``,
+    if given, receives each file's identity as hashed (``FilePins.check`` after loading)."""
     root = Path(root)
     manifest = read_manifest(root)
     files = manifest.get("files")
@@ -116,13 +163,26 @@ def verify(root: Path | str, *, checksums: bool = True) -> dict[str, Any]:
             raise ArtifactError(
                 f"Artifact file {rel} is {path.stat().st_size} bytes but the manifest says {info.get('bytes')} (truncated or replaced)."
             )
-        if checksums and sha256_file(path) != info.get("sha256"):
-            raise ArtifactError(f"Artifact file {rel} does not match its sha256 in the manifest (corrupted or replaced).")
-    # The top-level hash is what /v1/info, the metrics and reloads report: it must be the
-    # hash of the files just checked, or a hand-edited manifest could claim another build.
-    if manifest.get("artifact_sha256") != artifact_hash(files):
-        raise ArtifactError("The manifest's artifact_sha256 is not the hash of the files it lists (forged or stale).")
+        if checksums:
+            digest, identity = _hash_pinned(path)
+            if digest != info.get("sha256"):
+                raise ArtifactError(f"Artifact file {rel} does not match its sha256 in the manifest (corrupted or replaced).")
+        else:
+            identity = _identity(path.stat())
+        if pins is not None:
+            pins[rel] = identity
     _check_references(root, manifest)
+    # The top-level hash is what /v1/info, the metrics and reloads report: it must be the
+    # hash of the files just checked (and of the other fields), or a hand-edited manifest
+    # could claim another build.
+    version = manifest.get("hash_version", 1)
+    if version not in (1, HASH_VERSION):
+        raise ArtifactError(f"The manifest's hash_version {version!r} is unknown here (1 or {HASH_VERSION}).")
+    if manifest.get("artifact_sha256") != artifact_hash(files, manifest):
+        raise ArtifactError("The manifest's artifact_sha256 is not the hash of the files it lists (forged or stale).")
+    if version == 1:
+        log.info("artifact %s predates hash_version 2: its artifact_sha256 covers its files but not its other "
+                 "fields (servable, gate, index, encoders); a rebuild covers them", root)
     return manifest
 
 
@@ -147,6 +207,9 @@ def _check_references(root: Path, manifest: dict[str, Any]) -> None:
     for key in ("path", "store"):
         if index.get(key) not in files:
             raise ArtifactError(f"The manifest's index.{key} ({index.get(key)!r}) is not one of its files.")
+    # Optional, but when named it is loaded: listed (so hashed, and checked to stay inside).
+    if index.get("attributes") is not None and index["attributes"] not in files:
+        raise ArtifactError(f"The manifest's index.attributes ({index['attributes']!r}) is not one of its files.")
     encoders = manifest.get("encoders") or {}
     for name in ENCODER_NAMES:
         enc = encoders.get(name)

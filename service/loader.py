@@ -11,21 +11,23 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from artifact.manifest import ArtifactError, read_manifest, verify
+from artifact.manifest import ArtifactError, FilePins, read_manifest, verify
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def load_manifest(settings: Settings, root: Optional[Path] = None) -> dict[str, Any]:
-    """Verify the artifact folder; ArtifactError (one sentence) if it must not be served."""
+def load_manifest(settings: Settings, root: Optional[Path] = None, pins: Optional[FilePins] = None) -> dict[str, Any]:
+    """Verify the artifact folder; ArtifactError (one sentence) if it must not be served.
+    ``pins`` receives what was hashed: ``pins.check(root)`` once loaded (the files are opened
+    again by the loaders; one replaced in between must not be served)."""
     root = Path(root or settings.artifact_dir)
     if settings.artifact_sha256 is not None:  # checked before the checksums: it is cheap, they are not
         found = read_manifest(root).get("artifact_sha256")
         if found != settings.artifact_sha256:
             raise ArtifactError(f"The artifact in {root} is {str(found)[:12]}, not {settings.artifact_sha256[:12]} "
                                 f"(HLM_ARTIFACT_SHA256): it was replaced since.")
-    manifest = verify(root, checksums=settings.verify_checksums)
+    manifest = verify(root, checksums=settings.verify_checksums, pins=pins)
     if manifest.get("servable") is False:
         why = (manifest.get("gate") or {}).get("message")
         raise ArtifactError(f"The artifact in {root} is marked not servable in its manifest"

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from artifact.manifest import ArtifactError
+from artifact.manifest import ArtifactError, FilePins
 from service.api import routes_admin, routes_meta, routes_openai, routes_playground, routes_search
 from service.errors import install_handlers
 from service.metrics import Metrics
@@ -60,11 +60,12 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     service = SearchService(settings, metrics, state)
     reloader = Reloader(settings, metrics, state, routes_meta.VERSION, supervisor_pid=supervisor_pid)
 
-    async def load_in_background(runtime: Runtime) -> None:
+    async def load_in_background(runtime: Runtime, pins: FilePins) -> None:
         t0 = time.perf_counter()
         try:
             state.phase = Phase.LOADING
             await asyncio.to_thread(runtime.load)
+            await asyncio.to_thread(pins.check, runtime.root)  # what was loaded is what was hashed
             if settings.warmup_delay_s:
                 await asyncio.sleep(settings.warmup_delay_s)
             state.phase = Phase.WARMING
@@ -94,8 +95,9 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     async def lifespan(app: FastAPI):
         state.phase = Phase.VERIFYING
         root = resolve_artifact(settings)
+        pins = FilePins()
         try:
-            manifest = await asyncio.to_thread(load_manifest, settings, root)
+            manifest = await asyncio.to_thread(load_manifest, settings, root, pins)
         except ArtifactError as exc:
             state.phase, state.detail = Phase.FAILED, str(exc)
             state.startup_error = f"Start-up stopped: {exc}"
@@ -104,7 +106,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
         state.runtime = runtime
         set_build_info(metrics, runtime, routes_meta.VERSION)
         log.info("artifact %s verified (sha256 %s)", settings.artifact_dir, str(manifest.get("artifact_sha256"))[:12])
-        loader = asyncio.create_task(load_in_background(runtime))
+        loader = asyncio.create_task(load_in_background(runtime, pins))
         # state.runtime is the one reference to what is served: this frame lives as long as
         # the app, so a local here would keep the first artifact in memory after every reload.
         del runtime, manifest

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
-from artifact.manifest import ArtifactError, read_manifest
+from artifact.manifest import ArtifactError, FilePins, read_manifest
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.loader import load_manifest, resolve_artifact
@@ -86,10 +86,12 @@ class Reloader:
             try:
                 try:
                     root = await asyncio.to_thread(resolve_artifact, self.settings)
-                    manifest = await in_low_priority_thread(load_manifest, self.settings, root)
+                    pins = FilePins()
+                    manifest = await in_low_priority_thread(load_manifest, self.settings, root, pins)
                     runtime = Runtime(self.settings, manifest, self.metrics, root=root)
                     runtime.live = old.live  # the open state folder goes along; load() does not reopen it
                     await in_low_priority_thread(runtime.load)
+                    await asyncio.to_thread(pins.check, root)  # what was loaded is what was hashed
                     if old.live is not None:  # replayed onto the new index, re-encoded if its teacher differs
                         handover = await old.live.handover(runtime.index, runtime.slots["teacher"].encoder,
                                                            runtime.teacher_sha256)

@@ -121,7 +121,7 @@ def test_a_referenced_file_that_is_not_listed_is_refused(tmp_path):
 
     def unlist(m):
         del m["files"]["student/tokenizer.json"]
-        m["artifact_sha256"] = artifact_hash(m["files"])  # consistent, so only the reference is wrong
+        m["artifact_sha256"] = artifact_hash(m["files"], m)  # consistent, so only the reference is wrong
 
     edit(root, unlist)
     refused(root, r"encoders.student.tokenizer \('student/tokenizer.json'\) is not one of its files")
@@ -141,7 +141,7 @@ def test_a_forged_artifact_sha256_is_refused(tmp_path):
     edit(root, lambda m: m.update(artifact_sha256=forged))
     refused(root, "artifact_sha256 is not the hash of the files it lists")
     # and recomputing it from the files is what the writer does: the real one passes again
-    edit(root, lambda m: m.update(artifact_sha256=artifact_hash(m["files"])))
+    edit(root, lambda m: m.update(artifact_sha256=artifact_hash(m["files"], m)))
     assert verify(root)["artifact_sha256"] == manifest["artifact_sha256"]
 
 
@@ -160,7 +160,7 @@ def relist(root, rel, target):
         info = m["files"].pop("student/model.onnx")
         m["files"][rel] = {"sha256": sha256_file(target), "bytes": target.stat().st_size} if target.is_file() else info
         m["encoders"]["student"]["onnx"] = rel
-        m["artifact_sha256"] = artifact_hash(m["files"])
+        m["artifact_sha256"] = artifact_hash(m["files"], m)
 
     edit(root, change)
 
@@ -194,6 +194,6 @@ def test_symlinks_inside_the_folder_and_a_symlinked_folder_are_accepted(tmp_path
     (root / "teacher/tokenizer.json").unlink()
     os.symlink("../student/tokenizer.json", root / "teacher/tokenizer.json")
     edit(root, lambda m: (m["files"].update({"teacher/tokenizer.json": m["files"]["student/tokenizer.json"]}),
-                          m.update(artifact_sha256=artifact_hash(m["files"]))))
+                          m.update(artifact_sha256=artifact_hash(m["files"], m))))
     os.symlink(root, tmp_path / "current")
     assert verify(tmp_path / "current")["files"]["teacher/tokenizer.json"]

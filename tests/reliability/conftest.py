@@ -51,7 +51,7 @@ def rewrite_manifest(root: Path, changed: tuple[str, ...] = (), **updates) -> di
         manifest["files"][rel] = {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
     for key, value in updates.items():
         manifest[key] = value
-    manifest["artifact_sha256"] = artifact_hash(manifest["files"])
+    manifest["artifact_sha256"] = artifact_hash(manifest["files"], manifest)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 
