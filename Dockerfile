@@ -89,13 +89,15 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # CUDA and plain OS images come without Python (the venv from the builder needs the same
 # interpreter); no compiler is installed here.
+# tini (Debian's) runs as pid 1: it forwards SIGTERM to hlm and reaps what exits. (hlm serve
+# --workers N also works as pid 1 itself, but an init is what a container should have.)
 # DL3008: as in the builder, the base image tag pins the distribution's packages.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null; then \
-        apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+RUN set -- tini; \
+    command -v python3 >/dev/null || set -- "$@" python3; \
+    apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
+    && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --gid 10001 hlm \
     && useradd --no-log-init --uid 10001 --gid hlm --home-dir /srv/hlm --create-home --shell /usr/sbin/nologin hlm
@@ -126,6 +128,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('HLM_PORT', '8000'), timeout=2)"]
 
+# No -g: tini signals hlm alone, whose supervisor drains its workers one SIGTERM each (a second
+# SIGTERM to a worker would cut its drain short). -e 143: one process re-raises SIGTERM once it
+# has shut down cleanly (uvicorn's way), which is exit 0 for a stop. Kubernetes `args:` keep
+# this entrypoint.
+ENTRYPOINT ["/usr/bin/tini", "-e", "143", "--"]
 CMD ["hlm", "serve"]
 
 # ---------------------------------------------------------------------------------------

@@ -112,28 +112,32 @@ t_start="$(date +%s.%N)"
 "$engine" run -d --name "$name" "${limits[@]}" -p "127.0.0.1:$PORT:8000" \
     -v "$artifact_abs:/artifact:ro" "$IMAGE" >/dev/null
 
-# Ready = the host sees /readyz 200; then the image's own HEALTHCHECK must agree.
-ready=""
-while :; do
-    if python3 - "$base/readyz" <<'EOF' 2>/dev/null; then
+# Ready = the host sees /readyz 200 (the image's own HEALTHCHECK must agree, below).
+wait_ready() {  # wait_ready CONTAINER T_START: sets $ready, seconds since T_START
+    ready=""
+    while :; do
+        if python3 - "$base/readyz" <<'EOF' 2>/dev/null; then
 import sys, urllib.request
 urllib.request.urlopen(sys.argv[1], timeout=2)
 EOF
-        ready="$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$t_start")"
-        break
-    fi
-    state="$("$engine" inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo gone)"
-    if [[ "$state" != running && "$state" != created && "$state" != configured ]]; then
-        "$engine" logs "$name" 2>&1 | tail -30 >&2 || true
-        die "the container stopped ($state) before it was ready"
-    fi
-    if python3 -c "import sys, time; sys.exit(time.time() - float(sys.argv[1]) < float(sys.argv[2]))" "$t_start" "$READY_TIMEOUT"; then
-        "$engine" logs "$name" 2>&1 | tail -30 >&2 || true
-        die "not ready after $READY_TIMEOUT s"
-    fi
-    sleep 0.2
-done
+            ready="$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$2")"
+            return
+        fi
+        state="$("$engine" inspect --format '{{.State.Status}}' "$1" 2>/dev/null || echo gone)"
+        if [[ "$state" != running && "$state" != created && "$state" != configured ]]; then
+            "$engine" logs "$1" 2>&1 | tail -30 >&2 || true
+            die "the container $1 stopped ($state) before it was ready"
+        fi
+        if python3 -c "import sys, time; sys.exit(time.time() - float(sys.argv[1]) < float(sys.argv[2]))" "$2" "$READY_TIMEOUT"; then
+            "$engine" logs "$1" 2>&1 | tail -30 >&2 || true
+            die "$1 not ready after $READY_TIMEOUT s"
+        fi
+        sleep 0.2
+    done
+}
+wait_ready "$name" "$t_start"
 say "ready after $ready s"
+ready_one="$ready"
 "$engine" logs "$name" 2>&1 | grep -m1 -E 'ready:' | sed 's/^/smoke: service log: /' || true
 
 if [[ "$engine" == podman ]]; then
@@ -217,7 +221,45 @@ EOF
 code="$("$engine" inspect --format '{{.State.ExitCode}}' "$name")"
 [[ "$code" == 0 ]] || { "$engine" logs "$name" 2>&1 | tail -20 >&2; die "exit code $code after stop"; }
 
+# ---- --workers 2: the supervisor under tini, both workers answering, a clean stop ----------
+"$engine" rm -f "$name" >/dev/null
+token="smoke-token-$$"
+t_start="$(date +%s.%N)"
+"$engine" run -d --name "$name" "${limits[@]}" -p "127.0.0.1:$PORT:8000" -e HLM_WORKERS=2 \
+    -e HLM_ADMIN_TOKEN="$token" -v "$artifact_abs:/artifact:ro" "$IMAGE" >/dev/null
+wait_ready "$name" "$t_start"
+init="$("$engine" exec "$name" cat /proc/1/comm)"
+[[ "$init" == tini ]] || die "pid 1 in the container is $init, not tini"
+python3 - "$base" "$token" <<'EOF' || die "--workers 2: not both workers answering"
+import json, sys, urllib.request
+
+base, token = sys.argv[1], sys.argv[2]
+pids = set()
+for _ in range(64):  # one connection each: the kernel spreads them over the workers (SO_REUSEPORT)
+    req = urllib.request.Request(base + "/v1/info", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        process = json.loads(resp.read())["process"]
+    assert process["workers"] == 2, process
+    pids.add(process["pid"])
+    if len(pids) == 2:
+        break
+assert len(pids) == 2, pids
+req = urllib.request.Request(base + "/v1/search", data=json.dumps({"query": "cordless drill"}).encode(),
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=30) as resp:
+    assert json.loads(resp.read())["results"][0]["keywords"]
+print(f"smoke: workers 2: ready, pid 1 is tini, workers {sorted(pids)} both answering")
+EOF
+"$engine" stop -t 60 "$name" >/dev/null
+code="$("$engine" inspect --format '{{.State.ExitCode}}' "$name")"
+drained="$("$engine" logs "$name" 2>&1 | grep -c 'shut down: queues drained' || true)"
+if [[ "$code" != 0 || "$drained" != 2 ]]; then
+    "$engine" logs "$name" 2>&1 | tail -20 >&2
+    die "--workers 2: exit code $code, $drained workers drained"
+fi
+say "workers 2: stopped cleanly (exit 0, both workers drained)"
+
 say "image $IMAGE: $(python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e6:.0f} MB')" "$image_bytes")"
-say "time to ready: $ready s"
+say "time to ready: $ready_one s"
 say "stopped cleanly (exit 0)"
 say "PASSED"

@@ -47,5 +47,5 @@ def test_the_image_builds_serves_the_artifact_and_stops_cleanly(small_artifact):
     print(out[-4000:])
     assert smoke.returncode == 0, out[-6000:]
     for line in ("smoke: HEALTHCHECK: healthy", "no torch, no compiler", "smoke: stopped cleanly (exit 0)",
-                 "smoke: PASSED"):
+                 "smoke: workers 2: ready, pid 1 is tini", "smoke: workers 2: stopped cleanly", "smoke: PASSED"):
         assert line in out, line

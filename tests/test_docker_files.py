@@ -259,3 +259,12 @@ def test_image_requirements_refuse_another_package_as_onnxruntime():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     with pytest.raises(SystemExit):
         _requirements_module().serving_requirements(pyproject, ["serve"], "torch")
+
+
+def test_the_image_runs_hlm_under_an_init():
+    """pid 1 is tini (Debian's), forwarding SIGTERM to hlm alone (no -g: a second SIGTERM to
+    a worker would cut its drain short) and reaping; `hlm serve` stays the default command."""
+    runtime = " \n".join(_stages((ROOT / "Dockerfile").read_text())["runtime"])
+    assert re.search(r"apt-get install [^\n]*\btini\b|set -- tini\b", runtime), "tini is not installed"
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", ("-e", "143", )?"--"\]', runtime, re.MULTILINE), runtime
+    assert re.search(r'^CMD \["hlm", "serve"\]', runtime, re.MULTILINE)
