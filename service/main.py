@@ -133,7 +133,7 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
             await state.runtime.close()
             log.info("shut down: queues drained")
 
-    app = FastAPI(
+    app = EdgeFirstApp(
         title="HLM keyword retrieval",
         version=routes_meta.VERSION,
         description=DESCRIPTION,
@@ -150,12 +150,30 @@ def create_app(settings: Optional[Settings] = None, *, on_fatal: Optional[Callab
     # Path templates for the metrics' route label of requests answered before routing (413,
     # 429 at the edge). Included routers do not list their routes in app.routes; the schema does.
     known = {getattr(route, "path", "") for route in app.routes} | set(app.openapi()["paths"])
-    app.add_middleware(EdgeMiddleware, metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes,
-                       known_paths=known, service=service)
-    if settings.cors_origins:  # added last, so outermost: the edge's own answers (413, 429) carry it too
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type", "Authorization"])
+    app.edge = dict(metrics=metrics, state=state, max_body_bytes=settings.max_body_bytes, known_paths=known,
+                    service=service)
+    app.cors_origins = settings.cors_origins
     return app
+
+
+class EdgeFirstApp(FastAPI):
+    """FastAPI with the edge (service/middleware.py) outside its whole middleware stack, and CORS,
+    when configured, outside the edge (so the edge's own answers, 413 and 429, carry it too).
+
+    Why not ``add_middleware``: user middleware runs inside FastAPI's own layers (its server-error,
+    telemetry and body-limit middleware, each wrapping every send), and the edge answers most
+    searches itself: profiled, those layers cost a search more than its index lookup on a small
+    index (issue #29). The edge keeps its own last-resort 500 for what escapes below it."""
+
+    edge: dict = {}
+    cors_origins: list = []
+
+    def build_middleware_stack(self):
+        app = EdgeMiddleware(super().build_middleware_stack(), **self.edge)
+        if self.cors_origins:
+            app = CORSMiddleware(app, allow_origins=self.cors_origins, allow_methods=["GET", "POST"],
+                                 allow_headers=["Content-Type", "Authorization"])
+        return app
 
 
 def _install_sighup(settings: Settings, reloader: Reloader) -> bool:

@@ -66,8 +66,9 @@ class Metrics:
             "hlm_rejected_total", "Requests refused or dropped, by reason.", ["encoder", "reason"], registry=r,
         )
         self.queries = Counter("hlm_queries_total", "Queries encoded and answered.", ["encoder"], registry=r)
-        self.refusals_held = Counter("hlm_refusals_held_total", "429/413 answers held HLM_REFUSAL_HOLD_MS because the "
-                                     "connection re-sent at once after a refusal (service/middleware.py).", registry=r)
+        self.refusals_held = Counter("hlm_refusals_held_total", "Requests held (up to HLM_REFUSAL_HOLD_MS) before being "
+                                     "read because their connection re-sent at once after a refusal (service/loopgate.py).",
+                                     registry=r)
         self.index_size = Gauge("hlm_index_size", "Keywords in the index.", registry=r, multiprocess_mode="livemostrecent")
         self.build_info = Info("hlm_build", "The served build: code version, models, artifact.", registry=r)
         self.shadow_overlap = Histogram(

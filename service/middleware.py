@@ -25,10 +25,13 @@
   goes to the batcher in a ``Ticket`` context variable; the edge counts a body's tokens
   (``Batcher.estimate``) and asks ``Batcher.admit``, then the encoder's in-flight limit
   (``ConcurrencyLimit.acquire``, released when the request ends however it ends), before the
-  framework runs; a refusal is
-  held for a client that retries within its Retry-After; a served request reports its time
-  beyond queue wait and own cost back to its batcher (``observe_service``), from which the
-  budget is derived.
+  framework runs; a served request reports its time beyond queue wait and own cost back to its
+  batcher (``observe_service``), from which the budget is derived. A search on an encoder
+  answered on the event loop (the static student) has no queue: it is judged by its wait in
+  the loop instead (``service/loopgate.py``). Every refusal is answered at once; a connection
+  that re-sends the moment it was refused is held by the protocol before its next request is
+  read (``service/server.py``), marked here by ``scope["hlm.refused"]``.
+- POST /v1/search is answered here (``SearchService.search_bytes``), not by the framework.
 - Last line of defence: an exception nothing else handled is logged with its traceback
   here and answered with a JSON 500 that carries no details.
 - Start-up refusals: the lifespan's one-sentence reason replaces the traceback Starlette
@@ -61,21 +64,6 @@ DROPPED = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 JSON_TYPES = (b"application/json",)
 
 
-# A request that arrives on a connection this soon after a refusal was sent on it did not
-# wait (a loopback round trip is ~0.1 ms), measured where the edge sees it: behind a busy
-# event loop an immediate re-send reaches the edge tens of ms later. 5 ms let most re-sends
-# of 64 closed-loop connections through unheld (one worker, static student: 688 vs 1,104
-# served/s with 50 ms); a 3x open loop was no worse with 50 ms (250-338 vs 231-248/s served,
-# p99 14.8-17.0 vs 14.9-15.0 ms, interleaved). docs/RELIABILITY.md.
-RETRY_GAP_S = 0.050
-
-
-def held_ms(hold_ms: float, streak: int, retry_after_ms: float) -> float:
-    """How long the ``streak``-th refusal in a row held on one connection waits: HLM_REFUSAL_HOLD_MS,
-    doubling each time, never past the Retry-After the client was told (nor below the hold)."""
-    return min(max(hold_ms, retry_after_ms), hold_ms * 2 ** (streak - 1))
-
-
 class BodyTimeout(ServiceError):
     status = 408
     code = "body_timeout"
@@ -93,10 +81,10 @@ class EdgeMiddleware:
         self.max_body = max_body_bytes
         self.known_paths = known_paths
         self.histogram = metrics.request_duration
-        self.held = metrics.refusals_held
+        self.rejected = metrics.rejected
         self._children: dict[tuple[str, str, str], object] = {}
         self._settings = settings  # None: the runtime's (the app factory passes none)
-        self._refused: dict[tuple, tuple[float, int]] = {}  # connection -> (its last refusal sent at, holds in a row)
+        self.gate = getattr(service, "gate", None)  # the loop's admission (service/loopgate.py)
 
     def _setting(self, name: str, default):
         settings = self._settings
@@ -143,6 +131,8 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
+                if status in (413, 429):  # the protocol times this connection's next request against it
+                    scope["hlm.refused"] = True
             await send(message)
 
         limit = self.max_body
@@ -164,6 +154,8 @@ class EdgeMiddleware:
             elif name == client_header:
                 client = value[:128].decode("latin-1")
         if client is None:
+            client = scope.get("hlm.client")  # the protocol's key (service/server.py): the same rule
+        if client is None:
             peer = scope.get("client")
             client = peer[0] if peer else ""
         problem = self._head_problem(scope, announced, ctype, encoding, chunked, limit)
@@ -181,16 +173,10 @@ class EdgeMiddleware:
                 problem = self._refusal(scope, body, client)
             if problem is not None:
                 if problem.status != 499:  # 499: the client left; nobody to answer
-                    if problem.status in (413, 429):
-                        await self._hold(scope, problem)
                     await _send_error(tracking_send, problem.status, problem.code, problem.message, problem.headers)
-                    if problem.status in (413, 429):
-                        self._refusal_sent(scope)
                 self._observe(scope, problem.status, time.perf_counter() - start)
                 return
             app_receive = _replay(body, receive)
-            if self._refused:
-                self._refused.pop(scope.get("client"), None)  # admitted: its next refusal starts a new streak
         else:
             app_receive = _limited(receive, limit, deadline)
 
@@ -235,35 +221,6 @@ class EdgeMiddleware:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
-
-    async def _hold(self, scope, problem: ServiceError) -> None:
-        """Hold a refusal on a connection that sent this request at once after a refusal.
-
-        A client that honours Retry-After, or an open-loop sender reusing a pooled connection
-        later, is refused at once; one that re-sends the moment it is refused (a closed loop:
-        issue #14, 4 connections, 94 % refused, half the served rate) would make the event loop
-        carry refusals back to back and take the core from the encoder: its refusals wait
-        HLM_REFUSAL_HOLD_MS on a timer, which costs no CPU. (Holding every refusal to a
-        client refused within its Retry-After halved the served rate of a 3x open loop: its
-        held connections pile up, 140-182 vs 306/s.)"""
-        hold = self._setting("refusal_hold_ms", 0.0)
-        peer = scope.get("client")
-        if not hold or not peer:
-            return
-        last = self._refused.pop(peer, None)
-        if len(self._refused) > 10_000:  # bounded memory: forget everyone at once (rare)
-            self._refused.clear()
-        if last is not None and scope["hlm.start"] - last[0] < RETRY_GAP_S:
-            # Each hold in a row doubles, up to the Retry-After the client was given: a closed
-            # loop's parked connections then come back less often than every 250 ms.
-            streak = scope["hlm.held"] = last[1] + 1
-            self.held.inc()
-            await asyncio.sleep(held_ms(hold, streak, 1000.0 * self._setting("retry_after_s", 1)) / 1000.0)
-
-    def _refusal_sent(self, scope) -> None:
-        peer = scope.get("client")
-        if peer:
-            self._refused[peer] = (time.perf_counter(), scope.get("hlm.held", 0))
 
     def _head_problem(self, scope, announced: int, ctype, encoding, chunked: bool, limit: int):
         """(status, code, sentence) for a request refused on its head alone, else None."""
@@ -311,6 +268,8 @@ class EdgeMiddleware:
         slot = runtime.slots.get(encoder) if isinstance(encoder, str) else None
         if slot is None or slot.batcher is None:
             return None
+        if slot.inline and scope["path"] == "/v1/search" and self.gate is not None:
+            return self._loop_refusal(scope, encoder, client)
         if not isinstance(texts, list) or not texts or len(texts) > self._setting("max_queries", 64) \
                 or not all(isinstance(t, str) for t in texts):
             return None  # the route explains what is wrong with it
@@ -330,6 +289,18 @@ class EdgeMiddleware:
             scope["hlm.encoder"] = encoder
             return exc
         return None
+
+
+    def _loop_refusal(self, scope, encoder: str, client: str) -> Optional[ServiceError]:
+        """An inline search's admission: its wait in the event loop so far (service/loopgate.py)."""
+        waited = self.gate.refuse(client, scope.get("hlm.arrived"), time.monotonic())
+        if waited is None:
+            scope["hlm.waited"] = max(0.0, time.monotonic() - scope.get("hlm.arrived", time.monotonic()))
+            return None
+        scope["hlm.encoder"] = encoder
+        self.rejected.labels(encoder, "budget").inc()
+        return refusal_error(Refusal("budget", encoder, wait_s=waited, limit_s=self.gate.budget_s, queries=1,
+                                     retry_floor_s=self._setting("retry_after_s", 1)))
 
 
 class _ClientLeft(ServiceError):

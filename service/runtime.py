@@ -149,6 +149,7 @@ class EncoderSlot:
     batcher: Optional[Batcher] = None
     limit: Optional[ConcurrencyLimit] = None  # the edge's in-flight limit (service/concurrency.py)
     m_encode: Any = None
+    m_wait: Any = None
     m_index: Any = None
     m_queries: Any = None
 
@@ -202,6 +203,7 @@ class Runtime:
             row_by_row = not invariant and self.settings.exact_batches
             slot = EncoderSlot(name, precision, spec.get("model", name), encoder, row_by_row=row_by_row)
             slot.m_encode = self.metrics.encoder_duration.labels(name, precision)
+            slot.m_wait = self.metrics.queue_wait.labels(name)
             slot.m_index = self.metrics.index_duration.labels(name)
             slot.m_queries = self.metrics.queries.labels(name)
             self.slots[name] = slot
@@ -353,10 +355,12 @@ class Runtime:
         out = slot.encoder.encode_each(texts) if slot.row_by_row and len(texts) > 1 else slot.encoder.encode(texts)
         return out.vectors, out.truncated
 
-    def run_inline(self, slot: EncoderSlot, query: Query) -> Answer:
+    def run_inline(self, slot: EncoderSlot, query: Query, waited_s: float = 0.0) -> Answer:
         """One request's answer computed here and now (the event loop's thread): for an encoder
         cheaper than the hand-off to its batch worker (``EncoderSlot.inline``). The same
-        encode and search as a batch of one, so the answer is the one ``run_batch`` gives it."""
+        encode and search as a batch of one, so the answer is the one ``run_batch`` gives it.
+        ``waited_s``: its wait in the event loop, its queue (service/loopgate.py)."""
+        slot.m_wait.observe(waited_s)
         t0 = time.perf_counter()
         vectors, truncated = self._encode(slot, query.texts)
         t1 = time.perf_counter()
@@ -368,7 +372,8 @@ class Runtime:
         t2 = time.perf_counter()
         slot.m_queries.inc(len(query.texts))
         return Answer(truncated=truncated, hits=hits, vectors=vectors if query.want_vectors else None,
-                      encode_s=t1 - t0, index_s=(t2 - t1) if query.k else 0.0, batch=len(query.texts))
+                      queue_s=waited_s, encode_s=t1 - t0, index_s=(t2 - t1) if query.k else 0.0,
+                      batch=len(query.texts))
 
     def run_batch(self, slot: EncoderSlot, jobs: Sequence[Job]) -> list[Answer]:
         queries: list[Query] = [job.payload for job in jobs]

@@ -15,12 +15,14 @@ import copy
 import json
 import logging
 import socket
+import time
 from typing import Callable, Optional
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.loopgate import LoopGate
 from service.main import create_app
 from service.serving import Phase
 from service.settings import Settings
@@ -49,10 +51,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 16384
     header_timeout_s = 10.0
     max_connections = 1024
+    gate: Optional[LoopGate] = None  # admission of the loop's own work (service/loopgate.py)
+    client_header: Optional[bytes] = None  # HLM_CLIENT_ID_HEADER, lower case
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._cycles = []  # this connection's requests not yet answered (see connection_lost)
+        peer = self.client
+        self._client_key = peer[0] if peer else ""
+        self._arrived = 0.0
+        self._counted = 0  # this connection's requests counted in the gate's pending
+        self._refused_at = 0.0  # when a refusal was last written here (0: the last answer was not one)
+        self._streak = 0  # immediate re-sends held in a row
+        self._held: Optional[bytearray] = None
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
@@ -74,11 +85,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.scope["hlm.client_gone"] = True
                 cycle.message_event.set()
+        while getattr(self, "_counted", 0) and self.gate is not None:
+            self._counted -= 1
+            self.gate.answered(self._client_key)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._held is not None:  # more of a held request (reading is paused: rare)
+            self._held += data
+            return
+        if self._refused_at and self.gate is not None:
+            # The first bytes after a refusal: held on a timer if they came at once (service/loopgate.py).
+            again = time.monotonic() - self._refused_at < self.gate.retry_gap_s
+            self._refused_at = 0.0
+            self._streak = self._streak + 1 if again else 0
+            hold = self.gate.hold_s(self._streak) if again else 0.0
+            if hold:
+                self._held = bytearray(data)
+                self.transport.pause_reading()
+                self.loop.call_later(hold, self._release)
+                if self.gate.on_hold is not None:
+                    self.gate.on_hold()
+                return
+        self._parse(data)
+
+    def _release(self) -> None:
+        data, self._held = bytes(self._held or b""), None
+        if self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -89,6 +129,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._arrived = time.monotonic()
         self._in_head = True
         if self._head_timer is None and not self._refused:
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
@@ -100,6 +141,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._refused:
             super().on_header(name, value)
+            if self.client_header is not None and name.lower() == self.client_header:
+                self._client_key = value[:128].decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -112,6 +155,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
         self._cycles = [c for c in self._cycles if not c.response_complete] + [self.cycle]
+        # What the edge judges an inline search by: when it was read (time.monotonic), and by whom.
+        self.scope["hlm.arrived"] = self._arrived
+        self.scope["hlm.client"] = self._client_key
+        if self.gate is not None:
+            self.gate.arrived(self._client_key)
+            self._counted += 1
+
+    def on_response_complete(self) -> None:
+        done = next((c for c in self._cycles if c.response_complete), None)
+        if done is not None:
+            self._cycles.remove(done)
+            # A refusal (the edge marks its 413 and 429 answers): the next request's first bytes
+            # are timed against it; any other answer ends the connection's streak of holds.
+            if done.scope.get("hlm.refused"):
+                self._refused_at = time.monotonic()
+            else:
+                self._refused_at, self._streak = 0.0, 0
+        if self._counted and self.gate is not None:
+            self._counted -= 1
+            self.gate.answered(self._client_key)
+        super().on_response_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -147,12 +211,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_for(settings: Settings) -> type:
-    """The bounded protocol class with this server's limits."""
+def protocol_for(settings: Settings, gate: Optional[LoopGate] = None) -> type:
+    """The bounded protocol class with this server's limits (and its app's loop gate)."""
     return type("HlmHttpProtocol", (BoundedHttpToolsProtocol,), {
         "max_header_bytes": settings.max_header_bytes,
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
+        "gate": gate,
+        "client_header": settings.client_id_header.lower().encode() if settings.client_id_header else None,
     })
 
 
@@ -179,7 +245,7 @@ def serve(settings: Settings, *, sockets: Optional[list[socket.socket]] = None,
         log_config=log_config(settings.log_level),
         timeout_graceful_shutdown=30,
         server_header=False,
-        http=protocol_for(settings),
+        http=protocol_for(settings, app.state.hlm.gate),
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,  # if h11 were ever used
     )

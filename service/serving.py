@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, Unauthorized
 from service.filters import check_filter, with_attributes
+from service.loopgate import LoopGate
 from service.metrics import Metrics
 from service.model_ids import model_ids
 from service.protocol import EmbeddingsRequest, EmbedRequest, SearchRequest
@@ -125,6 +126,11 @@ class SearchService:
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin = f"Bearer {token}".encode() if token else None
         self.stats_ring = StatsRing(metrics.request_duration_all)  # GET /v1/stats
+        # Admission of the searches answered on the event loop, shared with the HTTP protocol.
+        self.gate = LoopGate(budget_s=(settings.loop_budget_ms if settings.loop_budget_ms is not None
+                                       else settings.slo_ms / 3.0) / 1000.0,
+                             hold_max_s=settings.refusal_hold_ms / 1000.0, retry_gap_s=settings.retry_gap_ms / 1000.0,
+                             on_hold=metrics.refusals_held.inc)
         self.result_cache = ResultCache(settings.result_cache_bytes)
         self._cache_hit = {e: metrics.result_cache.labels(e, "hit") for e in ("student", "teacher")}
         self._cache_miss = {e: metrics.result_cache.labels(e, "miss") for e in ("student", "teacher")}
@@ -185,7 +191,7 @@ class SearchService:
         if missing:
             ask = query if len(missing) == len(texts) else replace(query, texts=[texts[i] for i in missing])
             if slot.inline:
-                answer = runtime.run_inline(slot, ask)
+                answer = runtime.run_inline(slot, ask, waited_s=scope.get("hlm.waited", 0.0))
             else:
                 answer = await wait_answer(slot.batcher.submit(ask, len(ask.texts)), receive)
             for i, truncated, row in zip(missing, answer.truncated, answer.hits):

@@ -101,12 +101,21 @@ class Settings(BaseSettings):
         "unset: the peer address.",
     )
     refusal_hold_ms: float = Field(
-        250.0, ge=0.0, le=5000.0,
-        description="A request sent on a connection within 50 ms of a refusal on it gets its 429/413 after this long (a "
-        "timer, no CPU), doubling with each hold in a row up to Retry-After, so a client that re-sends at once (closed "
-        "loop) cannot spin the event loop the encoder needs; "
-        "others are refused at once. wrk, 64 connections, loaded machine: 292 served/s with 250 ms, 198 with 100 ms, "
-        "102 with none (docs/RELIABILITY.md). 0 = never hold.",
+        16.0, ge=0.0, le=5000.0,
+        description="The longest hold of a request sent on a connection the moment (within 2 ms) after a refusal on it: "
+        "it is read after 1 ms, doubling with each hold in a row up to this (a timer, no CPU), then judged as any other, "
+        "so a client that re-sends at once (a closed loop) cannot fill the event loop with refusals; every refusal "
+        "itself is answered at once (service/loopgate.py). 0 = never hold.",
+    )
+    retry_gap_ms: float = Field(
+        2.0, ge=0.0, le=1000.0,
+        description="A request read on a connection within this long after a refusal was written on it counts as "
+        "re-sent at once (held, see HLM_REFUSAL_HOLD_MS).",
+    )
+    loop_budget_ms: Optional[float] = Field(
+        None, ge=0.0,
+        description="How long a search answered on the event loop (an inline encoder) may have waited there before it "
+        "is refused (429 budget) when its client has other requests waiting; None = a third of HLM_SLO_MS.",
     )
     max_in_flight: Optional[int] = Field(
         None, ge=0, le=100_000,

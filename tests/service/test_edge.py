@@ -12,6 +12,8 @@ import json
 import threading
 from types import SimpleNamespace
 
+import pytest
+
 from http_helpers import asgi_call as call, request_chunk as body
 
 from service.batcher import Batcher
@@ -85,8 +87,8 @@ def test_a_request_its_encoder_would_refuse_is_shed_at_the_edge_and_others_pass(
         loop = asyncio.get_running_loop()
         student.start(loop)
         teacher.start(loop)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student, limit=None),
-                                               "teacher": SimpleNamespace(batcher=teacher, limit=None)},
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student, limit=None, inline=False),
+                                               "teacher": SimpleNamespace(batcher=teacher, limit=None, inline=False)},
                                         manifest={"encoders": {"student": {"model": "tiny-student"},
                                                                "teacher": {"model": "big-teacher"}}})
         edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
@@ -193,85 +195,64 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_closes_the_connection(
     assert inner.bodies == []
 
 
-def test_a_refusal_is_held_only_when_its_connection_re_sent_at_once():
-    """Counted by hlm_refusals_held_total, not timed: an immediate re-send on a refused
-    connection is held; the same connection after the window, and another connection, are not."""
-    from service.middleware import RETRY_GAP_S
+def test_the_loop_gate_refuses_only_a_late_search_whose_client_has_another_waiting():
+    from service.loopgate import LoopGate
+
+    gate = LoopGate(budget_s=0.005, hold_max_s=0.016)
+    gate.arrived("a")
+    assert gate.refuse("a", arrived=10.0, now=10.050) is None  # alone: it cannot be the cause of its wait
+    gate.arrived("a")
+    assert gate.refuse("a", arrived=10.0, now=10.004) is None  # within the budget
+    assert gate.refuse("a", arrived=10.0, now=10.050) == pytest.approx(0.050)  # late, and its client has another waiting
+    assert gate.refuse("b", arrived=10.0, now=10.050) is None  # another client: nothing waiting of its own
+    assert gate.refuse("a", arrived=None, now=10.050) is None  # not read by our protocol: not judged
+    gate.answered("a")
+    gate.answered("a")
+    assert gate.pending == {}
+    assert [gate.hold_s(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016]
+    assert LoopGate(budget_s=0.005, hold_max_s=0.0).hold_s(3) == 0.0
+
+
+def test_an_inline_search_that_waited_past_its_budget_is_refused_at_the_edge_and_marked():
+    """The edge's side of the gate: by the scope's arrival stamp and the client's pending count
+    (what service/server.py's protocol writes), a 429 at once, counted, marked for the hold."""
+    from service.loopgate import LoopGate
 
     async def main():
         metrics, state, inner = Metrics(), AppState(), InnerApp()
-        gate, entered = threading.Event(), threading.Event()
-        student = held_batcher("student", metrics, gate, entered)
-        loop = asyncio.get_running_loop()
-        student.start(loop)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=student, limit=None)})
+        service = SimpleNamespace(gate=LoopGate(budget_s=0.005, hold_max_s=0.016))
+        batcher = SimpleNamespace(estimate=lambda texts: [1] * len(texts),
+                                  admit=lambda counts, client: None)
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=batcher, limit=None, inline=True)})
         state.phase = Phase.READY
-        settings = SimpleNamespace(refusal_hold_ms=1.0, body_timeout_s=20.0, client_id_header=None, max_queries=64)
-        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
-                              known_paths={"/v1/search"}, settings=settings)
-        busy = student.submit("running")
-        await asyncio.to_thread(entered.wait, 10)
-        queued = student.submit("queued")  # the queue of one is full: every search below is refused
+        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000, known_paths={"/v1/search"},
+                              service=None)
+        edge.gate = service.gate  # the app factory wires the service's gate; here without a service
+        import time as clock
 
-        held = []
+        async def search(waited_s: float, pending: int):
+            service.gate.pending = {"10.0.0.1": pending}
+            scope = {"type": "http", "method": "POST", "path": "/v1/search", "client": ("10.0.0.1", 5000),
+                     "headers": [(b"content-type", b"application/json")], "hlm.client": "10.0.0.1",
+                     "hlm.arrived": clock.monotonic() - waited_s}
+            chunks = [{"type": "http.request", "body": b'{"query": "drill"}', "more_body": False}]
+            sent = []
 
-        async def search(peer):
-            status, _, _ = await call(edge, "POST", "/v1/search", [(b"content-type", b"application/json")],
-                                      [body(b'{"query": "drill"}')], client=peer)
-            held.append(metrics.registry.get_sample_value("hlm_refusals_held_total"))
-            return status
+            async def receive():
+                return chunks.pop(0) if chunks else {"type": "http.disconnect"}
 
-        a, b = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
-        statuses = [await search(a), await search(a), await search(a)]  # at once, then held twice in a row
-        await asyncio.sleep(RETRY_GAP_S * 2)
-        statuses += [await search(a), await search(b)]  # past the window; another connection
-        gate.set()
-        await asyncio.gather(busy, queued)
-        await student.close()
-        return statuses, held
+            async def send(message):
+                sent.append(message)
 
-    statuses, held = asyncio.run(asyncio.wait_for(main(), 20))
-    assert statuses == [429] * 5
-    assert held == [0, 1, 2, 2, 2]
+            await edge(scope, receive, send)
+            headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+            return sent[0]["status"], headers, scope
 
+        return [await search(0.050, 2), await search(0.050, 1), await search(0.001, 2)], metrics, inner
 
-def test_a_hold_doubles_in_a_row_up_to_the_retry_after():
-    from service.middleware import held_ms
-
-    assert [held_ms(250.0, n, 1000.0) for n in (1, 2, 3, 4, 9)] == [250.0, 500.0, 1000.0, 1000.0, 1000.0]
-    assert held_ms(1.0, 3, 1000.0) == 4.0
-    assert held_ms(2000.0, 2, 1000.0) == 2000.0  # a hold longer than Retry-After stays as set
-
-
-def test_an_answered_request_ends_its_connections_streak_of_held_refusals():
-    from service.errors import Refusal
-
-    async def main():
-        metrics, state, inner = Metrics(), AppState(), InnerApp()
-        refuse = [True]
-
-        def admit(counts, client):
-            if refuse[0]:
-                raise Refusal("budget", "student", wait_s=0.5, limit_s=0.005)
-
-        batcher = SimpleNamespace(estimate=lambda texts: [1] * len(texts), admit=admit)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=batcher, limit=None)})
-        state.phase = Phase.READY
-        settings = SimpleNamespace(refusal_hold_ms=1.0, body_timeout_s=20.0, client_id_header=None, max_queries=64)
-        edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000,
-                              known_paths={"/v1/search"}, settings=settings)
-        seen = []
-
-        async def search(served: bool):
-            refuse[0] = not served
-            status, _, _ = await call(edge, "POST", "/v1/search", [(b"content-type", b"application/json")],
-                                      [body(b'{"query": "drill"}')], client=("10.0.0.1", 5000))
-            seen.append((status, metrics.registry.get_sample_value("hlm_refusals_held_total")))
-
-        for served in (False, False, True, False, False):
-            await search(served)
-        return seen
-
-    seen = asyncio.run(asyncio.wait_for(main(), 20))
-    # refused at once, held; answered; refused at once again (a new streak), held
-    assert seen == [(429, 0), (429, 1), (200, 1), (429, 1), (429, 2)]
+    (late, alone, fresh), metrics, inner = asyncio.run(asyncio.wait_for(main(), 20))
+    assert late[0] == 429 and late[1]["retry-after"] == "1" and late[2]["hlm.refused"] is True
+    assert alone[0] == 200 and fresh[0] == 200 and "hlm.refused" not in fresh[2]
+    assert fresh[2]["hlm.waited"] < 0.005 < alone[2]["hlm.waited"]
+    assert inner.bodies == [b'{"query": "drill"}'] * 2
+    assert metrics.registry.get_sample_value("hlm_rejected_total", {"encoder": "student", "reason": "budget"}) == 1

@@ -1,0 +1,80 @@
+"""The loop gate on a real `hlm serve` of the product's student (service/loopgate.py, service/server.py).
+
+- A request a connection sends right after a refusal is held before it is read; one sent
+  later, or after an answered request, is not. Counted by hlm_refusals_held_total, never
+  timed: the window that counts as "at once" is widened (HLM_RETRY_GAP_MS) so a loaded
+  machine cannot make the re-send late, and HLM_REFUSAL_HOLD_MS=0 turns holds off.
+- The static student answers on the event loop (no batch worker): its searches report no
+  batch wait beyond their time in the loop, and the loop's admission refuses by that wait.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from http_helpers import metrics
+
+TOO_LARGE = b"x" * 300  # over HLM_MAX_BODY_BYTES=256 below: a 413 from the edge, a refusal
+
+
+def request(body: bytes) -> bytes:
+    return (b"POST /v1/search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body)
+
+
+def read_answer(sock: socket.socket) -> int:
+    """The next response's status (the body read to its content-length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split(b" ")[1])
+
+
+def held(server) -> float:
+    return metrics(server).get(("hlm_refusals_held_total", frozenset()), 0.0)
+
+
+def test_a_re_send_right_after_a_refusal_is_held_and_an_answer_ends_the_streak(start_server, static_artifact):
+    server = start_server(static_artifact, max_body_bytes=256, retry_gap_ms=1000, refusal_hold_ms=4)
+    server.wait_for("/readyz")
+    good = request(json.dumps({"query": "cordless drill", "k": 3}).encode())
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request(TOO_LARGE))
+        assert read_answer(sock) == 413
+        assert held(server) == 0
+        sock.sendall(request(TOO_LARGE))  # at once after a refusal: held, then refused again
+        assert read_answer(sock) == 413
+        assert held(server) == 1
+        sock.sendall(good)  # at once again: held (the streak goes on), then answered
+        assert read_answer(sock) == 200
+        assert held(server) == 2
+        sock.sendall(good)  # after an answer: read at once
+        assert read_answer(sock) == 200
+        assert held(server) == 2
+
+
+def test_no_hold_when_holds_are_off(start_server, static_artifact):
+    server = start_server(static_artifact, max_body_bytes=256, retry_gap_ms=1000, refusal_hold_ms=0)
+    server.wait_for("/readyz")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        for _ in range(3):
+            sock.sendall(request(TOO_LARGE))
+            assert read_answer(sock) == 413
+    assert held(server) == 0
+
+
+def test_the_static_student_answers_on_the_loop_and_its_wait_is_its_time_in_the_loop(static_server):
+    wait = ("hlm_queue_wait_seconds_count", frozenset({("encoder", "student")}))
+    batches = ("hlm_batch_size_count", frozenset({("encoder", "student")}))
+    before = metrics(static_server)
+    answer = static_server.client.post("/v1/search", json={"query": "cordless drill", "k": 3}).json()
+    after = metrics(static_server)
+    assert answer["timings"]["queue_ms"] < answer["timings"]["total_ms"]
+    # its wait in the loop is recorded as its queue wait; no batch worker ran it
+    assert after[wait] == before.get(wait, 0.0) + 1
+    assert after.get(batches, 0.0) == before.get(batches, 0.0)
