@@ -74,6 +74,16 @@ def decode_references(text: str) -> str:
 def normalise_text(text: str) -> str:
     """HTML character references decoded, NFC, control, invisible format and surrogate
     characters to spaces, whitespace runs to one space, trimmed."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        # The common query, on the serving path: printable ASCII holds no reference, nothing NFC
+        # changes and no control or format character, so only the whitespace rule applies
+        # (the general path below gives the same; tests/artifact/test_text.py checks it).
+        return _WHITESPACE.sub(" ", text).strip()
+    return normalise_any(text)
+
+
+def normalise_any(text: str) -> str:
+    """``normalise_text`` without its ASCII shortcut (what the shortcut is tested against)."""
     text = decode_references(text)
     text = "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
     return _WHITESPACE.sub(" ", text).strip()

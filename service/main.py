@@ -168,6 +168,14 @@ class EdgeFirstApp(FastAPI):
     edge: dict = {}
     cors_origins: list = []
 
+    async def __call__(self, scope, receive, send) -> None:
+        # Starlette's own entry, without FastAPI's per-request telemetry and root_path checks
+        # (this app sets no root_path): most requests never reach FastAPI's routing anyway.
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
+
     def build_middleware_stack(self):
         app = EdgeMiddleware(super().build_middleware_stack(), **self.edge)
         if self.cors_origins:

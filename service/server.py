@@ -51,6 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes = 16384
     header_timeout_s = 10.0
     max_connections = 1024
+    body_timeout_s = 20.0
     gate: Optional[LoopGate] = None  # admission of the loop's own work (service/loopgate.py)
     client_header: Optional[bytes] = None  # HLM_CLIENT_ID_HEADER, lower case
 
@@ -64,6 +65,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused_at = 0.0  # when a refusal was last written here (0: the last answer was not one)
         self._streak = 0  # immediate re-sends held in a row
         self._held: Optional[bytearray] = None
+        self._body_pending = False  # a request's head is in, its body not yet
+        self._body_timer = None
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
@@ -75,6 +78,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         # uvicorn marks only its newest request disconnected. With pipelined requests the one
         # running is an older one: its answer was then written to the closed transport (uvloop:
         # RuntimeError "the handler is closed", a traceback and a 500 in the metrics for a
@@ -126,6 +130,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # an unfinished head past the bound is refused before it can grow (httptools keeps it).
         if self._in_head and self._head_bytes > self.max_header_bytes and not self._refused:
             self._too_large()
+        # A body still to come after this chunk: its whole read is bounded from now (a timer
+        # only then: the usual request arrives whole in one chunk and costs none).
+        if self._body_pending and self._body_timer is None and not self._refused:
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -158,6 +166,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # What the edge judges an inline search by: when it was read (time.monotonic), and by whom.
         self.scope["hlm.arrived"] = self._arrived
         self.scope["hlm.client"] = self._client_key
+        self.scope["hlm.body_deadline"] = True  # this protocol bounds the body's read time (the edge need not)
+        self._body_pending = True
         if self.gate is not None:
             self.gate.arrived(self._client_key)
             self._counted += 1
@@ -182,8 +192,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._cancel_body_timer()
         if not self._refused:
             super().on_message_complete()
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self._body_pending and not self.transport.is_closing():
+            self._refuse(408, "body_timeout",
+                         f"The request body did not arrive within {self.body_timeout_s:g} s; the connection is closed.")
+
+    def _cancel_body_timer(self) -> None:
+        if getattr(self, "_body_timer", None) is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _too_large(self) -> None:
         self._refuse(431, "headers_too_large",
@@ -217,6 +240,7 @@ def protocol_for(settings: Settings, gate: Optional[LoopGate] = None) -> type:
         "max_header_bytes": settings.max_header_bytes,
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
+        "body_timeout_s": settings.body_timeout_s,
         "gate": gate,
         "client_header": settings.client_id_header.lower().encode() if settings.client_id_header else None,
     })

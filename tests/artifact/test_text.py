@@ -51,3 +51,17 @@ def test_no_reference_is_left_in_the_sample_catalogue(data_dir):
     left = [t for t in titles if re.search(r"&(#[0-9]+|#x[0-9a-fA-F]+|amp|quot|lt|gt|apos|nbsp);", t)]
     assert left == []
     assert any("Plumber's Putty" in t for t in titles)
+
+
+def test_the_ascii_shortcut_gives_what_the_general_path_gives():
+    from hypothesis import given, settings, strategies as st
+
+    from artifact.text import normalise_any
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+    def check(text):
+        assert normalise_text(text) == normalise_any(text)
+
+    check()
+    assert normalise_text("  cordless   drill ") == "cordless drill"
