@@ -115,10 +115,11 @@ class Worker:
 
     def poll_ready(self, timeout: float = 0.0) -> bool:
         """Whether it has been ready (loaded, warm, listening) at least once."""
-        if self.served is None and self.report.poll(timeout):
+        if self.served is None:
             try:
-                self.served = self.report.recv()
-            except (EOFError, OSError):  # it exited before it was ready
+                if self.report.poll(timeout):
+                    self.served = self.report.recv()
+            except (EOFError, OSError):  # it exited before it was ready (or was forgotten)
                 return False
         return self.served is not None
 
