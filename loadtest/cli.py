@@ -54,6 +54,9 @@ def build_parser(prog: str = "python -m loadtest") -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=10.0)
     run.add_argument("--warmup", type=float, default=2.0)
     run.add_argument("--closed", type=int, metavar="N", help="closed loop with N concurrent clients instead")
+    run.add_argument("--connections", type=int, default=512,
+                     help="open loop: the pool of keep-alive connections the requests share (one address; "
+                          "a request waits for a free one)")
     run.add_argument("--generator-cpus", help="pin this process to these CPUs, e.g. 1")
     run.add_argument("--json", type=Path, help="also write the StepResult here")
 
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtest") -> int
                 queries=load_queries(args.queries or None), arrivals=args.arrivals, k=args.k,
                 timeout_s=args.timeout, allow_remote=args.allow_remote,
                 mode="closed" if args.closed else "open", concurrency=args.closed or 8,
+                max_connections=args.connections,
             )
         _print_step(step)
         if args.json:

@@ -19,9 +19,11 @@ import time
 from typing import Callable, Optional
 
 import uvicorn
+from pydantic_core import from_json
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import Refusal, error_body, refusal_error
 from service.loopgate import LoopGate
 from service.main import create_app
 from service.serving import Phase
@@ -34,6 +36,9 @@ def log_config(level: str) -> dict:
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
 
+
+# Searches with bodies up to this size are judged by the loop gate here, before any task.
+GATED_BODY_BYTES = 16384
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
@@ -52,6 +57,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     max_connections = 1024
     body_timeout_s = 20.0
+    retry_after_s = 1
     gate: Optional[LoopGate] = None  # admission of the loop's own work (service/loopgate.py)
     client_header: Optional[bytes] = None  # HLM_CLIENT_ID_HEADER, lower case
 
@@ -67,6 +73,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._held: Optional[bytearray] = None
         self._body_pending = False  # a request's head is in, its body not yet
         self._body_timer = None
+        self._deferred = None  # (cycle, app) of a search whose body is still coming (the gate judges it whole)
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
@@ -174,18 +181,73 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         done = next((c for c in self._cycles if c.response_complete), None)
+        inline = False
         if done is not None:
             self._cycles.remove(done)
-            # A refusal (the edge marks its 413 and 429 answers): the next request's first bytes
-            # are timed against it; any other answer ends the connection's streak of holds.
+            inline = bool(done.scope.get("hlm.inline_admitted"))
+            # A refusal (ours, or the edge's 413 and 429 answers): the next request's first
+            # bytes are timed against it; any other answer ends the connection's streak of holds.
             if done.scope.get("hlm.refused"):
                 self._refused_at = time.monotonic()
             else:
                 self._refused_at, self._streak = 0.0, 0
         if self._counted and self.gate is not None:
             self._counted -= 1
-            self.gate.answered(self._client_key)
+            self.gate.answered(self._client_key, inline)
         super().on_response_complete()
+
+    # ---- the loop gate: searches on an inline encoder are admitted here (service/loopgate.py) ----
+
+    def _start_asgi_task(self, cycle, app) -> None:
+        scope = cycle.scope
+        if self.gate is not None and scope.get("path") == "/v1/search" and scope.get("method") == "POST" \
+                and self._gated_length(scope):
+            if cycle.more_body:  # judged once its body is whole (on_message_complete)
+                self._deferred = (cycle, app)
+                return
+            if self._refused_search(cycle):
+                return
+        super()._start_asgi_task(cycle, app)
+
+    @staticmethod
+    def _gated_length(scope) -> bool:
+        """A body small enough to wait for here (uvicorn pauses reading past 64 KiB until the app
+        reads; a larger or chunked one goes to the edge, which asks the same gate)."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) <= GATED_BODY_BYTES
+        return False
+
+    def _refused_search(self, cycle) -> bool:
+        """Refuse the search now, answered by this protocol, if the gate says so (True)."""
+        try:
+            data = from_json(bytes(cycle.body))
+        except ValueError:
+            return False  # the edge and the route say what is wrong with it
+        encoder = data.get("encoder", "student") if isinstance(data, dict) else None
+        if not self.gate.is_inline(encoder):
+            return False
+        wait = self.gate.admit(self._client_key)
+        cycle.scope["hlm.gate_asked"] = True
+        if wait is None:
+            cycle.scope["hlm.inline_admitted"] = True
+            return False
+        error = refusal_error(Refusal("budget", encoder, wait_s=wait, limit_s=self.gate.budget_s, queries=1,
+                                      retry_floor_s=self.retry_after_s))
+        body = error_body(error.code, error.message)
+        close = not cycle.keep_alive
+        self.transport.write(
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"retry-after: %s\r\n%s\r\n" % (len(body), error.headers["Retry-After"].encode(),
+                                             b"connection: close\r\n" if close else b"") + body)
+        cycle.response_complete = True
+        cycle.scope["hlm.refused"] = True
+        if self.gate.on_refused is not None:
+            self.gate.on_refused(encoder, time.monotonic() - self._arrived)
+        if close:
+            self.transport.close()
+        self.on_response_complete()
+        return True
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -194,8 +256,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_pending = False
         self._cancel_body_timer()
-        if not self._refused:
-            super().on_message_complete()
+        if self._refused:
+            return
+        super().on_message_complete()
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and not self._refused_search(deferred[0]):
+            super()._start_asgi_task(*deferred)
 
     def _body_timeout(self) -> None:
         self._body_timer = None
@@ -241,6 +307,7 @@ def protocol_for(settings: Settings, gate: Optional[LoopGate] = None) -> type:
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
         "body_timeout_s": settings.body_timeout_s,
+        "retry_after_s": settings.retry_after_s,
         "gate": gate,
         "client_header": settings.client_id_header.lower().encode() if settings.client_id_header else None,
     })

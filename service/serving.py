@@ -130,10 +130,15 @@ class SearchService:
         self.gate = LoopGate(budget_s=(settings.loop_budget_ms if settings.loop_budget_ms is not None
                                        else settings.slo_ms / 3.0) / 1000.0,
                              hold_max_s=settings.refusal_hold_ms / 1000.0, retry_gap_s=settings.retry_gap_ms / 1000.0,
-                             on_hold=metrics.refusals_held.inc)
+                             state=state, on_hold=metrics.refusals_held.inc, on_refused=self._loop_refused)
         self.result_cache = ResultCache(settings.result_cache_bytes)
         self._cache_hit = {e: metrics.result_cache.labels(e, "hit") for e in ("student", "teacher")}
         self._cache_miss = {e: metrics.result_cache.labels(e, "miss") for e in ("student", "teacher")}
+
+    def _loop_refused(self, encoder: str, seconds: float) -> None:
+        """A search the loop gate refused in the protocol (it never reached the edge): counted as the edge counts."""
+        self.metrics.rejected.labels(encoder, "budget").inc()
+        self.metrics.request_duration.labels("/v1/search", encoder, "429").observe(seconds)
 
     # ---- guards ----
 
@@ -191,7 +196,8 @@ class SearchService:
         if missing:
             ask = query if len(missing) == len(texts) else replace(query, texts=[texts[i] for i in missing])
             if slot.inline:
-                answer = runtime.run_inline(slot, ask, waited_s=scope.get("hlm.waited", 0.0))
+                arrived = scope.get("hlm.arrived")  # read by the protocol (time.monotonic); its wait in the loop
+                answer = runtime.run_inline(slot, ask, waited_s=time.monotonic() - arrived if arrived else 0.0)
             else:
                 answer = await wait_answer(slot.batcher.submit(ask, len(ask.texts)), receive)
             for i, truncated, row in zip(missing, answer.truncated, answer.hits):

@@ -78,3 +78,91 @@ def test_the_static_student_answers_on_the_loop_and_its_wait_is_its_time_in_the_
     # its wait in the loop is recorded as its queue wait; no batch worker ran it
     assert after[wait] == before.get(wait, 0.0) + 1
     assert after.get(batches, 0.0) == before.get(batches, 0.0)
+
+
+class _Transport:
+    """What the protocol writes, and whether it paused or closed (a stand-in socket)."""
+
+    def __init__(self, peer=("10.0.0.9", 4000)):
+        self.written, self.closed, self.peer = b"", False, peer
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def set_protocol(self, protocol):
+        pass
+
+
+def test_the_protocol_answers_what_the_gate_refuses_before_any_task_exists():
+    """Two connections of one client send a search each in one read of the loop (fed here
+    without a loop turn between them, as the loop reads what arrived together): the first is
+    admitted (a task), the second is refused by the protocol itself, 429 with Retry-After, no
+    task; a client's only request is admitted whatever is ahead of it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from service.loopgate import LoopGate
+    from service.server import protocol_for
+    from service.settings import Settings
+
+    async def app(scope, receive, send):  # never reached by a refused search
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def main():
+        refused = []
+        gate = LoopGate(budget_s=0.005, hold_max_s=0.0, on_refused=lambda encoder, s: refused.append(encoder))
+        gate.state = SimpleNamespace(runtime=SimpleNamespace(slots={"student": SimpleNamespace(inline=True),
+                                                                    "teacher": SimpleNamespace(inline=False)}))
+        gate.cost_s = 0.004  # a search takes 4 ms on the loop: two ahead are past the 5 ms budget
+        config = uvicorn.Config(app, lifespan="off", log_level="warning")
+        state = ServerState()
+        cls = protocol_for(Settings(), gate)
+        body = b'{"query": "drill"}'
+        search = (b"POST /v1/search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n" % len(body) + body)
+        teacher_body = b'{"query": "drill", "encoder": "teacher"}'
+        teacher = (b"POST /v1/search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                   b"content-length: %d\r\n\r\n" % len(teacher_body) + teacher_body)
+        conns = []
+        for _ in range(4):
+            protocol = cls(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
+            transport = _Transport()
+            protocol.connection_made(transport)
+            conns.append((protocol, transport))
+        lone = cls(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
+        lone_transport = _Transport(peer=("10.0.0.77", 4000))
+        lone.connection_made(lone_transport)
+        for protocol, _ in conns[:3]:
+            protocol.data_received(search)  # 1st: 0 ms ahead, 2nd: 4 ms, 3rd: 8 ms ahead
+        conns[3][0].data_received(teacher)  # the teacher is not the loop's: the edge judges it
+        lone.data_received(search)  # 12 ms ahead, but its client's only request
+        tasks_made = len(state.tasks)
+        await asyncio.sleep(0.05)  # let the admitted ones answer
+        return conns, lone_transport, refused, tasks_made, gate
+
+    conns, lone, refused, tasks_made, gate = asyncio.run(main())
+    statuses = [t.written.split(b" ")[1] if t.written else b"" for _, t in conns]
+    assert statuses == [b"200", b"200", b"429", b"200"]
+    assert b"retry-after: 1" in conns[2][1].written and b'"code": "budget"' in conns[2][1].written
+    assert lone.written.split(b" ")[1] == b"200"
+    assert refused == ["student"] and tasks_made == 4  # the refused search never became a task
+    assert gate.inline_pending == 0 and gate.pending == {}  # every admitted one counted out when answered
