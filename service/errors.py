@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def render(exc: BaseException) -> tuple[int, str, str, dict[str, str]] | None:
     if isinstance(exc, Refusal):
         error = refusal_error(exc)
         return error.status, error.code, error.message, error.headers
-    if isinstance(exc, ClientGone):
+    if isinstance(exc, (ClientGone, ClientDisconnect)):  # the client left (mid-body: Starlette's): not our error
         return (*CLIENT_CLOSED, {})
     if isinstance(exc, RequestValidationError):
         return 422, "invalid_request", describe_validation(list(exc.errors())), {}
@@ -195,7 +196,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _rendered(request: Request, exc: Exception) -> Response:
         return error_response(*render(exc))
 
-    for kind in (ServiceError, Refusal, ClientGone, RequestValidationError, ValidationError):
+    for kind in (ServiceError, Refusal, ClientGone, ClientDisconnect, RequestValidationError, ValidationError):
         app.add_exception_handler(kind, _rendered)
 
     @app.exception_handler(StarletteHTTPException)

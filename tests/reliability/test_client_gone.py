@@ -68,7 +68,7 @@ def test_a_body_cut_short_in_process_is_a_quiet_499(path, caplog):
 
     with caplog.at_level(logging.DEBUG, logger="service"):
         asyncio.run(main())
-    assert statuses == []  # nobody to answer
+    assert 500 not in statuses  # nobody to answer: at most a 499 into the closed channel
     samples = {s.labels["status"]: s.value for family in app.state.hlm.metrics.request_duration.collect()
                for s in family.samples if s.name.endswith("_count") and s.labels["route"] == path}
     assert samples.get("499") == 1 and "500" not in samples, samples
