@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 FIRST_HOLD_S = 0.001
-COST_SMOOTHING = 0.05  # EWMA weight of one search's measured time on the loop
+COST_SMOOTHING = 0.05  # EWMA weight of one measurement (a search's time on the loop, its wait, a refusal's cost)
+# Never refused while fewer inline searches than this are admitted: a rate measured at low
+# concurrency is below what the loop does with a few in flight (the old in-flight limit's floor).
+MIN_ADMITTED = 4
+# The share of the loop refusals may take: past it, holds of immediate re-sends lengthen (a
+# closed loop of N connections re-sending at once makes N refusals per hold; the hold that keeps
+# their cost at this share is N x a refusal's cost / share).
+REFUSAL_SHARE = 0.1
+LONGEST_HOLD_S = 1.0  # never past the Retry-After a refusal states
 
 
 @dataclass
@@ -46,6 +54,9 @@ class LoopGate:
     pending: dict = field(default_factory=dict)  # client -> requests read and not yet answered
     inline_pending: int = 0  # inline searches admitted and not yet answered
     cost_s: float = 0.0  # an inline search's time on the loop (EWMA; 0 until measured)
+    wait_s: float = 0.0  # an admitted search's wait in the loop before the edge saw it (EWMA)
+    refusal_cost_s: float = 0.0  # the protocol's time to read and refuse one search (EWMA)
+    streaks: int = 0  # connections whose last answer was a refusal
     on_hold: Optional[Callable[[], None]] = None  # counts a held re-send (hlm_refusals_held_total)
     on_refused: Optional[Callable[[str], None]] = None  # counts a refusal (encoder name)
 
@@ -72,19 +83,34 @@ class LoopGate:
         """None when an inline search of ``client`` is admitted now (counted in); else the wait
         it would have had, and nothing is counted."""
         wait = self.inline_pending * self.cost_s
-        if wait > self.budget_s and self.pending.get(client, 0) > 1:
+        if self.inline_pending >= MIN_ADMITTED and wait > self.budget_s and self.pending.get(client, 0) > 1:
             return wait
         self.inline_pending += 1
         return None
 
+    def at_once(self, gap_s: float) -> bool:
+        """Whether a request read ``gap_s`` after a refusal on its connection was re-sent at once.
+        Behind a busy loop a re-sent request is read only after the searches ahead of it, so
+        the window grows with the loop's measured wait."""
+        return gap_s < max(self.retry_gap_s, 3.0 * self.wait_s)
+
     def hold_s(self, streak: int) -> float:
-        """How long the ``streak``-th immediate re-send in a row on a connection waits."""
+        """How long the ``streak``-th immediate re-send in a row on a connection waits: 1 ms,
+        doubling, up to HLM_REFUSAL_HOLD_MS, or longer while the connections being refused
+        would otherwise make refusals take more than REFUSAL_SHARE of the loop."""
         if not self.hold_max_s:
             return 0.0
-        return min(self.hold_max_s, FIRST_HOLD_S * 2 ** (streak - 1))
+        cap = min(LONGEST_HOLD_S, max(self.hold_max_s, self.streaks * self.refusal_cost_s / REFUSAL_SHARE))
+        return min(cap, FIRST_HOLD_S * 2 ** (streak - 1))
+
+    def refused_at_cost(self, seconds: float) -> None:
+        """The protocol's measured cost of one refusal (reading the request and writing the 429)."""
+        self.refusal_cost_s += COST_SMOOTHING * (seconds - self.refusal_cost_s) if self.refusal_cost_s else seconds
 
     # ---- the edge's side (service/middleware.py) ----
 
-    def observe(self, seconds: float) -> None:
-        """An admitted inline search's time on the loop, from the edge's first look to its answer."""
+    def observe(self, seconds: float, waited_s: float) -> None:
+        """An admitted inline search's time on the loop (from the edge's first look to its
+        answer) and its wait in the loop before that."""
         self.cost_s = seconds if not self.cost_s else self.cost_s + COST_SMOOTHING * (seconds - self.cost_s)
+        self.wait_s += COST_SMOOTHING * (waited_s - self.wait_s)

@@ -213,11 +213,11 @@ class EdgeMiddleware:
 
     async def _search(self, scope, body: bytes, receive, send) -> None:
         """POST /v1/search, answered without the framework: the same bytes the route gives."""
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), time.monotonic() - scope.get("hlm.arrived", time.monotonic())
         try:
             answer = await self.service.search_bytes(scope, body, receive)
-            if scope.get("hlm.inline_admitted") and self.gate is not None:
-                self.gate.observe(time.perf_counter() - started)  # what the next admissions expect
+            if scope.get("hlm.inline_admitted") and self.gate is not None:  # what the next admissions expect
+                self.gate.observe(time.perf_counter() - started, waited)
         except Exception as exc:  # noqa: BLE001 - rendered like the app's handlers render it
             error = render(exc)
             if error is None:

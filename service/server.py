@@ -74,6 +74,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = False  # a request's head is in, its body not yet
         self._body_timer = None
         self._deferred = None  # (cycle, app) of a search whose body is still coming (the gate judges it whole)
+        self._in_streak = False  # its last answer was a refusal (counted in the gate's streaks)
+        self._read_at = 0.0
         self._head_bytes = 0
         self._in_head = True
         self._refused = False
@@ -96,6 +98,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.scope["hlm.client_gone"] = True
                 cycle.message_event.set()
+        if getattr(self, "_in_streak", False):
+            self._leave_streak()
         while getattr(self, "_counted", 0) and self.gate is not None:
             self._counted -= 1
             self.gate.answered(self._client_key)
@@ -109,7 +113,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._refused_at and self.gate is not None:
             # The first bytes after a refusal: held on a timer if they came at once (service/loopgate.py).
-            again = time.monotonic() - self._refused_at < self.gate.retry_gap_s
+            again = self.gate.at_once(time.monotonic() - self._refused_at)
             self._refused_at = 0.0
             self._streak = self._streak + 1 if again else 0
             hold = self.gate.hold_s(self._streak) if again else 0.0
@@ -130,6 +134,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        self._read_at = time.perf_counter()  # what a refusal of this request costs is measured from here
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -189,14 +194,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # bytes are timed against it; any other answer ends the connection's streak of holds.
             if done.scope.get("hlm.refused"):
                 self._refused_at = time.monotonic()
+                if not self._in_streak and self.gate is not None:
+                    self._in_streak = True
+                    self.gate.streaks += 1
             else:
                 self._refused_at, self._streak = 0.0, 0
+                self._leave_streak()
         if self._counted and self.gate is not None:
             self._counted -= 1
             self.gate.answered(self._client_key, inline)
         super().on_response_complete()
 
     # ---- the loop gate: searches on an inline encoder are admitted here (service/loopgate.py) ----
+
+    def _leave_streak(self) -> None:
+        if self._in_streak and self.gate is not None:
+            self._in_streak = False
+            self.gate.streaks -= 1
 
     def _start_asgi_task(self, cycle, app) -> None:
         scope = cycle.scope
@@ -246,6 +260,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.gate.on_refused(encoder, time.monotonic() - self._arrived)
         if close:
             self.transport.close()
+        self.gate.refused_at_cost(time.perf_counter() - self._read_at)
         self.on_response_complete()
         return True
 

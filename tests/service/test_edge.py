@@ -199,7 +199,7 @@ def test_the_loop_gate_refuses_only_when_the_admitted_work_exceeds_the_budget_an
     from service.loopgate import LoopGate
 
     gate = LoopGate(budget_s=0.005, hold_max_s=0.016)
-    gate.observe(0.002)  # an inline search takes 2 ms on the loop
+    gate.observe(0.002, 0.0)  # an inline search takes 2 ms on the loop
     gate.arrived("a")
     assert gate.admit("a") is None and gate.admit("a") is None and gate.admit("a") is None  # 0, 2, 4 ms ahead
     assert gate.admit("a") is None  # 6 ms ahead, but its client has nothing else waiting: never the cause

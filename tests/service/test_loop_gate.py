@@ -109,10 +109,11 @@ class _Transport:
 
 
 def test_the_protocol_answers_what_the_gate_refuses_before_any_task_exists():
-    """Two connections of one client send a search each in one read of the loop (fed here
-    without a loop turn between them, as the loop reads what arrived together): the first is
-    admitted (a task), the second is refused by the protocol itself, 429 with Retry-After, no
-    task; a client's only request is admitted whatever is ahead of it."""
+    """Five connections of one client send a search each in one read of the loop (fed here
+    without a loop turn between them, as the loop reads what arrived together): the first four
+    are admitted (tasks: under four admitted nothing is refused), the fifth, with 16 ms of
+    searches ahead, is refused by the protocol itself, 429 with Retry-After, no task; a
+    client's only request is admitted whatever is ahead of it."""
     import asyncio
     from types import SimpleNamespace
 
@@ -143,7 +144,7 @@ def test_the_protocol_answers_what_the_gate_refuses_before_any_task_exists():
         teacher = (b"POST /v1/search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                    b"content-length: %d\r\n\r\n" % len(teacher_body) + teacher_body)
         conns = []
-        for _ in range(4):
+        for _ in range(6):
             protocol = cls(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
             transport = _Transport()
             protocol.connection_made(transport)
@@ -151,18 +152,18 @@ def test_the_protocol_answers_what_the_gate_refuses_before_any_task_exists():
         lone = cls(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
         lone_transport = _Transport(peer=("10.0.0.77", 4000))
         lone.connection_made(lone_transport)
-        for protocol, _ in conns[:3]:
-            protocol.data_received(search)  # 1st: 0 ms ahead, 2nd: 4 ms, 3rd: 8 ms ahead
-        conns[3][0].data_received(teacher)  # the teacher is not the loop's: the edge judges it
-        lone.data_received(search)  # 12 ms ahead, but its client's only request
+        for protocol, _ in conns[:5]:
+            protocol.data_received(search)  # 0, 4, 8, 12 ms ahead: admitted; 16 ms: refused
+        conns[5][0].data_received(teacher)  # the teacher is not the loop's: the edge judges it
+        lone.data_received(search)  # 16 ms ahead, but its client's only request
         tasks_made = len(state.tasks)
         await asyncio.sleep(0.05)  # let the admitted ones answer
         return conns, lone_transport, refused, tasks_made, gate
 
     conns, lone, refused, tasks_made, gate = asyncio.run(main())
     statuses = [t.written.split(b" ")[1] if t.written else b"" for _, t in conns]
-    assert statuses == [b"200", b"200", b"429", b"200"]
-    assert b"retry-after: 1" in conns[2][1].written and b'"code": "budget"' in conns[2][1].written
+    assert statuses == [b"200"] * 4 + [b"429", b"200"]
+    assert b"retry-after: 1" in conns[4][1].written and b'"code": "budget"' in conns[4][1].written
     assert lone.written.split(b" ")[1] == b"200"
-    assert refused == ["student"] and tasks_made == 4  # the refused search never became a task
+    assert refused == ["student"] and tasks_made == 6  # the refused search never became a task
     assert gate.inline_pending == 0 and gate.pending == {}  # every admitted one counted out when answered
