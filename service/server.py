@@ -93,16 +93,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # RuntimeError "the handler is closed", a traceback and a 500 in the metrics for a
         # client that left). Every unanswered request of the connection is marked, so its
         # answer is dropped quietly, and its scope says why (counted 499 by the edge).
-        for cycle in getattr(self, "_cycles", ()):
-            if not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.scope["hlm.client_gone"] = True
-                cycle.message_event.set()
+        unanswered = [cycle for cycle in getattr(self, "_cycles", ()) if not cycle.response_complete]
+        for cycle in unanswered:
+            cycle.disconnected = True
+            cycle.scope["hlm.client_gone"] = True
+            cycle.message_event.set()
         if getattr(self, "_in_streak", False):
             self._leave_streak()
+        # The gate forgets this connection's unanswered requests (on_response_complete will not
+        # run for them), the inline ones it admitted among them.
+        inline = [bool(cycle.scope.get("hlm.inline_admitted")) for cycle in unanswered]
         while getattr(self, "_counted", 0) and self.gate is not None:
             self._counted -= 1
-            self.gate.answered(self._client_key)
+            self.gate.answered(self._client_key, inline.pop() if inline else False)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
