@@ -1,6 +1,11 @@
 """Stage shares from py-spy raw (collapsed) stacks: per thread, first matching rule wins (innermost-first)."""
 import collections, sys
 RULES = [  # (stage, substring of a frame), checked from the innermost frame outwards
+    # a search answered on the event loop (session 7): its encoder and index show up in the loop
+    ("encoder (ONNX Runtime, on the loop)", "session.run"), ("encoder (ONNX Runtime, on the loop)", "encode (retrieval/onnx"),
+    ("index (on the loop)", "_knn (retrieval/hnsw"), ("index (on the loop)", "search (retrieval/hnsw"),
+    ("index (on the loop)", "search (retrieval/compressed"),
+    ("loop gate", "service/loopgate.py"), ("loop gate", "_refused_search (service/server"),
     ("metrics", "prometheus_client"), ("metrics", "_observe (service/middleware"), ("metrics", "observe_service"),
     ("tokenisation (admission)", "estimate (service/batcher"), ("tokenisation (admission)", "token_counter"),
     ("queue hand-over", "submit (service/batcher"), ("queue hand-over", "call_soon_threadsafe"), ("queue hand-over", "_resolve (service/batcher"),
