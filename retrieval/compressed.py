@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,51 +113,61 @@ class CompressedVectors:
         size = Path(vectors_path).stat().st_size
         if size != expected:
             raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {rows} x {dim} float16")
-        self.vectors = np.memmap(vectors_path, dtype=VECTOR_DTYPE, mode="r", shape=(rows, dim))
+        # A plain array over a read-only map of the file (np.memmap's subclass costs ~10x more a
+        # fancy-indexed gather than a plain array, and a query gathers its candidates' rows).
+        with open(vectors_path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.vectors = (np.frombuffer(self._map, dtype=VECTOR_DTYPE).reshape(rows, dim) if self._map is not None
+                        else np.zeros((0, dim), dtype=VECTOR_DTYPE))
         self.rows, self.dim, self.nprobe = rows, dim, nprobe
-        self.extra: dict[int, np.ndarray] = {}  # full vectors of labels past the file (live upserts)
+        self.extra: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
+        self._params: dict[int, Any] = {}  # faiss search parameters per nprobe, made once
+        faiss.omp_set_num_threads(1)  # one query batch per thread; the service's threads are the parallelism
 
-    def full(self, labels: Sequence[int]) -> np.ndarray:
-        """Full vectors of labels: live upserts from memory, the file's rows from the map."""
+    def full(self, labels: np.ndarray) -> np.ndarray:
+        """Full vectors of labels (float32): the file's rows from the map, live upserts (labels
+        past the file: an upsert always gets a new label) from memory."""
+        labels = np.asarray(labels, dtype=np.int64)
+        live = labels >= self.rows
+        if not live.any():
+            return self.vectors[labels].astype(np.float32)
         out = np.empty((len(labels), self.dim), dtype=np.float32)
-        rows = [i for i, label in enumerate(labels) if label < self.rows and label not in self.extra]
-        if rows:
-            wanted = np.asarray([labels[i] for i in rows], dtype=np.int64)
-            order = np.argsort(wanted)  # ascending reads: the page cache and read-ahead like them
-            block = np.empty((len(rows), self.dim), dtype=np.float32)
-            block[order] = self.vectors[wanted[order]]
-            out[rows] = block
-        for i, label in enumerate(labels):
-            vector = self.extra.get(label)
-            if vector is not None:
-                out[i] = vector
+        out[~live] = self.vectors[labels[~live]]
+        for i in np.flatnonzero(live).tolist():
+            out[i] = self.extra[int(labels[i])]
         return out
 
     def candidates(self, vectors: np.ndarray, count: int, selector=None) -> np.ndarray:
         """[n, count] labels by approximate score (-1 where the scanned lists ran short)."""
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector) if selector is not None else \
-            faiss.SearchParametersIVF(nprobe=self.nprobe)
+        params = self._params.get(self.nprobe) if selector is None else None
+        if params is None:
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector) if selector is not None else \
+                faiss.SearchParametersIVF(nprobe=self.nprobe)
+            if selector is None:
+                self._params[self.nprobe] = params
         return self.index.search(vectors, count, params=params)[1]
 
-    def rerank(self, vectors: np.ndarray, rows: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+    def rerank(self, vectors: np.ndarray, rows: Sequence[np.ndarray], k: int) -> list[list[tuple[int, float]]]:
         """Each query's best k of its candidate labels by exact inner product, best first."""
-        flat = sorted({label for row in rows for label in row})
-        full = self.full(flat)
-        position = {label: i for i, label in enumerate(flat)}
         out = []
-        for query, row in zip(vectors, rows):
-            if not row:
+        for query, labels in zip(vectors, rows):
+            labels = np.asarray(labels, dtype=np.int64)
+            labels = labels[labels >= 0]
+            if not len(labels):
                 out.append([])
                 continue
-            scores = full[[position[label] for label in row]] @ query
-            best = np.argsort(-scores, kind="stable")[:k]
-            out.append([(row[i], float(scores[i])) for i in best])
+            scores = self.full(labels) @ query
+            if len(scores) > k:
+                top = np.argpartition(-scores, k - 1)[:k]
+                top = top[np.argsort(-scores[top], kind="stable")]
+            else:
+                top = np.argsort(-scores, kind="stable")
+            out.append(list(zip(labels[top].tolist(), scores[top].tolist())))
         return out
 
     def search_labels(self, vectors: np.ndarray, k: int, candidates: int) -> list[list[tuple[int, float]]]:
         """(label, score) of the best k per query, from ``candidates`` re-ranked (every label live)."""
-        found = self.candidates(vectors, max(candidates, k))
-        return self.rerank(vectors, [[label for label in row.tolist() if label >= 0] for row in found], k)
+        return self.rerank(vectors, self.candidates(vectors, max(candidates, k)), k)
 
     def memory_bytes(self) -> int:
         """RAM of the compressed index: faiss' codes and ids, and its centroids."""
@@ -196,7 +207,6 @@ class CompressedIndex:
         self._readers = 0
         self._writing = False
         self._writer = threading.Lock()
-        faiss.omp_set_num_threads(1)  # one query batch per thread; the service's threads are the parallelism
 
     def __len__(self) -> int:
         return len(self._id)
@@ -333,10 +343,9 @@ class CompressedIndex:
                 labels = np.asarray(sorted(allowed), dtype=np.int64)
                 found = np.broadcast_to(labels, (len(vectors), len(labels)))
             else:
+                # the scan and the table agree: a change takes both under the exclusive side
                 found = self.core.candidates(vectors, candidates, selector[0] if selector else None)
-            with self._cond:
-                rows = [[label for label in row.tolist() if label in self._id] for row in found]
-            out = self.core.rerank(vectors, rows, k)
+            out = self.core.rerank(vectors, found, k)
         with self._cond:  # a label a change removed meanwhile is left out
             return [[Hit(self._id[label], self._text[label], score) for label, score in hits if label in self._id]
                     for hits in out]
