@@ -284,7 +284,10 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     # Keyed by the keyword texts themselves too: a change of the text clean-up (HTML entities
     # decoded since #26) must not resume a training on the old texts.
     texts = hashlib.sha256("\n".join(inputs.keyword_texts).encode()).hexdigest()
-    key = hashlib.sha256(json.dumps([asdict(profile), inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id,
+    # The index the artifact holds does not change the training: an hnswlib and a compressed
+    # build of one profile share their student.
+    recipe = {k: v for k, v in asdict(profile).items() if not k.startswith("index")}
+    key = hashlib.sha256(json.dumps([recipe, inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id,
                                      texts]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
     table_tokens = None
