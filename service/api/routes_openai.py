@@ -3,7 +3,7 @@ POST /v1/embeddings, GET /v1/models, GET /v1/models/{model}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from artifact.text import visible_pattern
@@ -46,7 +46,8 @@ def build_router(service: SearchService) -> APIRouter:
     @router.get("/models/{model}", response_model=ModelObject,
                 responses=NOT_READY | {404: {"model": ErrorResponse, "description": "Unknown model."}},
                 summary="One encoder as an OpenAI model (`client.models.retrieve(id)`)")
-    async def model(model: str) -> Response:
+    async def model(model: str = Path(pattern=r"^[^/]{1,256}$", description="A model id from GET /v1/models, "
+                                      "`student` or `teacher` (never a file system path).")) -> Response:
         runtime = service.runtime()
         encoder = service.encoder_for_model(model)  # 404 model_not_found, as /v1/embeddings says it
         return Response(dumps(model_objects(runtime.manifest)[encoder]), media_type=JSON)
