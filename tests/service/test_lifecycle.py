@@ -180,11 +180,14 @@ def test_shutdown_finishes_in_flight_requests(tight):
     first.start()
     thread = threading.Thread(target=slow_request)
     deadline = time.monotonic() + 60
-    # The signal goes out once both requests are accepted: one computing, the other queued
-    # behind it (seen in the queue depth, not assumed after a sleep).
+    # The signal goes out once both requests are accepted: both counted in the teacher's
+    # in-flight gauge (admitted at the edge, not yet answered), one of them queued behind the
+    # other (seen in the metrics, not assumed after a sleep; the queue depth alone was also
+    # met by the first request before the second had connected).
     thread.start()
-    while value(metrics(tight), "hlm_queue_depth", encoder="teacher") < 1:
-        assert time.monotonic() < deadline, "the second request was never queued"
+    while not (value(metrics(tight), "hlm_in_flight", encoder="teacher") >= 2
+               and value(metrics(tight), "hlm_queue_depth", encoder="teacher") >= 1):
+        assert time.monotonic() < deadline, "the two requests were never both in flight"
         time.sleep(0.01)
     tight.proc.send_signal(signal.SIGTERM)
     thread.join(120)
