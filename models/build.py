@@ -76,6 +76,7 @@ def build(
     from models.distill.teacher_vectors import teacher_key
     from retrieval.exact import ef_for_recall
     from retrieval.hnsw import build_hnsw, graph_recall
+    from retrieval.lexical import build_lexical
     from retrieval.onnx_encoder import OnnxEncoder
     from artifact.store import write_store
 
@@ -113,6 +114,7 @@ def build(
         with timer.step("index"):
             (stage / "index").mkdir()
             write_store(stage / "index" / "keywords.tsv", inputs.keyword_ids, inputs.keyword_texts)
+            lexical_fields = {"path": "index/bm25", **build_lexical(inputs.keyword_texts, stage / "index" / "bm25")}
             if profile.index == "compressed":
                 index = None
                 index_fields = _build_compressed(profile, keyword_vectors, stage, threads)
@@ -201,6 +203,7 @@ def build(
                                  int8=student8 is not None, index_fields=index_fields)
             manifest["servable"] = gate.servable
             manifest["gate"] = gate.to_dict()
+            manifest["lexical"] = lexical_fields  # BM25 over the keywords, for "fusion": "rrf" (retrieval/lexical.py)
             manifest["judgments"] = judgments
             manifest = write_manifest(stage, manifest)
             verify(stage)

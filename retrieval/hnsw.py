@@ -505,6 +505,19 @@ def value_key(value: Any) -> tuple:
     return ("s", value)
 
 
+def matches_filter(attributes: dict, flt: dict) -> bool:
+    """Whether a keyword's attributes pass a search filter, by the rule ``HnswIndex.allowed``
+    applies inside the search: every named attribute present and equal (``value_key``) to the
+    value, or to one of a list's values."""
+    for name, want in flt.items():
+        if name not in attributes:
+            return False
+        have = value_key(attributes[name])
+        if not any(have == value_key(v) for v in (want if isinstance(want, list) else [want])):
+            return False
+    return True
+
+
 def read_attributes(path: Path, rows: int) -> list[dict]:
     """``index/attributes.jsonl`` (written by ``hlm compact``): a header line, then one JSON object per store row."""
     with open(path, encoding="utf-8") as handle:

@@ -59,7 +59,8 @@ def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int
     try:
         index = MilvusIndex(settings.milvus_uri, settings.milvus_collection, dim=int(idx["dim"]),
                             artifact_sha256=manifest.get("artifact_sha256"), ef=ef, token=token,
-                            timeout_s=settings.milvus_timeout_s)
+                            timeout_s=settings.milvus_timeout_s, load_timeout_s=settings.milvus_load_timeout_s,
+                            nprobe=settings.milvus_nprobe)
     except IndexUnavailable as exc:  # unreachable at start: stop with its one sentence
         raise ArtifactError(str(exc).rstrip(".") + ".") from None
     return ServedIndex(index, settings.retry_after_s)
@@ -167,6 +168,7 @@ class Runtime:
                            or int(manifest["index"].get("ef") or 64))
         self._index_probe: Optional[asyncio.Task] = None
         self.live: Optional[LiveKeywords] = None  # live keyword changes (HLM_STATE_DIR), shared across reloads
+        self.lexical = None  # BM25 over the artifact's keywords (retrieval/lexical.py), when it carries one
         self.generation = next(_GENERATIONS)  # what result caches key on (service/result_cache.py)
 
     # ---- loading (blocking) ----
@@ -221,6 +223,15 @@ class Runtime:
         except ValueError as exc:
             raise ArtifactError(f"The index {idx['path']} cannot be served: {exc}.") from None
         log.info("index: %d keywords, dim %d, ef %d", len(self.index), self.index.dim, self.default_ef)
+        lexical = self.manifest.get("lexical")
+        if lexical and self.index.backend != "milvus":  # BM25 for "fusion": "rrf" (retrieval/lexical.py)
+            from artifact.store import read_store
+            from retrieval.lexical import LexicalIndex
+
+            try:
+                self.lexical = LexicalIndex(root / lexical["path"], read_store(root / idx["store"])[0])
+            except (OSError, ValueError) as exc:
+                raise ArtifactError(f"The lexical index {lexical['path']} cannot be loaded ({str(exc).rstrip('.')}).") from None
         if self.live is None and self.settings.state_dir is not None and "teacher" in self.slots:
             self._open_live()
 

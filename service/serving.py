@@ -179,7 +179,12 @@ class SearchService:
         warnings = check_filter(runtime.index, req.filter)  # 422: an attribute no keyword carries (service/filters.py)
         slot = runtime.slots[req.encoder]
         texts = req.texts
-        query = Query(texts, k=req.k or self.settings.default_k, ef=req.ef or runtime.default_ef, filter=req.filter)
+        k = req.k or self.settings.default_k
+        if req.fusion:
+            check_fusion(runtime, req)
+        # With fusion the dense side gives its top FUSION_DEPTH to fuse, not k.
+        query = Query(texts, k=max(k, FUSION_DEPTH) if req.fusion else k, ef=req.ef or runtime.default_ef,
+                      filter=req.filter)
         ef = max(query.ef, query.k)
         cache = self.result_cache
         found: list = [None] * len(texts)
@@ -206,6 +211,11 @@ class SearchService:
                     cache.put(generation, keys[i], found[i])
             if cache.enabled:
                 self.metrics.result_cache_bytes.set(cache.bytes)
+        lexical_s = 0.0
+        if req.fusion:
+            t0 = time.perf_counter()
+            found = fuse(runtime, texts, found, k, req.filter)
+            lexical_s = time.perf_counter() - t0
         results = [{"query": text, "truncated": truncated, "keywords": keywords}
                    for text, (truncated, keywords) in zip(texts, found)]
         if req.attributes:
@@ -213,11 +223,14 @@ class SearchService:
         payload = {
             "encoder": req.encoder,
             "precision": slot.precision,
-            "k": query.k,
+            "k": k,
             "ef": ef,
             "results": results,
             "timings": self._timings(scope, answer),
         }
+        if req.fusion:
+            payload["fusion"] = req.fusion
+            payload["timings"]["lexical_ms"] = _ms(lexical_s)
         if warnings:
             payload["warnings"] = warnings
         rate = self.settings.shadow_rate
@@ -332,6 +345,46 @@ class SearchService:
         elif self.state.detail:
             body["detail"] = self.state.detail
         return (200 if ready else 503), body
+
+
+FUSION_DEPTH = 50  # each side's top list fused by "fusion": "rrf"
+
+
+def check_fusion(runtime, req) -> None:
+    """422 for a fusion this service cannot do (the one place that says why)."""
+    if runtime.lexical is None:
+        raise InvalidRequest("Invalid request: fusion: this artifact holds no lexical index (built before it, or the "
+                             "keywords are served from Milvus); leave fusion out.")
+
+
+def fuse(runtime, texts: list[str], found: list, k: int, flt: Optional[dict] = None) -> list:
+    """Each text's dense hits (its top FUSION_DEPTH, filtered in the search) fused with BM25's
+    top FUSION_DEPTH (those passing the filter) by reciprocal rank; a BM25 hit deleted since the
+    build is left out (checked against the live index), one the dense side also found keeps
+    its text from there."""
+    from retrieval.hnsw import matches_filter
+    from retrieval.lexical import rrf
+
+    out = []
+    for (truncated, dense), rows in zip(found, runtime.lexical.search(texts, FUSION_DEPTH)):
+        text_of = {hit["id"]: hit["text"] for hit in dense}
+        lexical = [runtime.lexical.ids[row] for row, _ in rows]
+        if flt:
+            lexical = [kid for kid, attrs in zip(lexical, runtime.index.attributes_of(lexical))
+                       if matches_filter(attrs, flt)]
+        keywords = []
+        for keyword_id, score in rrf([hit["id"] for hit in dense], lexical, k=len(text_of) + len(lexical)):
+            text = text_of.get(keyword_id)
+            if text is None:
+                live = runtime.index.get(keyword_id)
+                if live is None:
+                    continue
+                text = live[0]
+            keywords.append({"id": keyword_id, "text": text, "score": score})
+            if len(keywords) == k:
+                break
+        out.append((truncated, keywords))
+    return out
 
 
 def model_names(runtime) -> dict[str, str]:
