@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -60,19 +61,40 @@ MAX_ATTRIBUTES = 64  # per keyword: the array field's capacity
 # 64 + 6 x 256 + the brackets stay under 2048.
 KEY_MAX = 2048
 _INT64 = 2**63
-LOAD_AT_START_S = 30.0  # how long start-up and the readiness probe wait for a collection to load
+# Start-up: how long a call other than the load may take (a Milvus that has just started opens
+# its collections before it answers), how long the collection may take to load by default
+# (HLM_MILVUS_LOAD_TIMEOUT_S), how often its state is asked for and how often it is logged.
+START_CALL_S = 30.0
+LOAD_TIMEOUT_S = 1800.0
+LOAD_POLL_S = 1.0
+LOAD_LOG_EVERY_S = 5.0
 # pymilvus logs every failed RPC, and every failed reconnection, with its traceback: while
 # Milvus is down that is two tracebacks per query. This module logs one line per change of
 # health instead. (Set after pymilvus is imported: its logging.config call resets children.)
 _QUIET = {"pymilvus.decorators": logging.CRITICAL, "pymilvus.client.connection_manager": logging.ERROR}
 
 
-RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
-             "grpc.max_reconnect_backoff_ms": 2000}
+# Not "grpc.min_reconnect_backoff_ms": gRPC core takes it as the least time a connection attempt
+# is given to complete its handshake (default 20 s), not as a backoff. At 200 ms a Milvus that
+# took longer to answer the handshake (busy opening its collections, a loaded machine, a
+# remote cluster) was "cannot be reached" at start-up, and every reconnection was cut as short.
+RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 2000}
+# pymilvus pings every 10 s. A gRPC server left at gRPC's defaults (milvus-lite's) takes a ping
+# less than 5 min after the last as a strike and, at the third, ends the connection with GOAWAY
+# "too_many_pings": every call in flight fails UNAVAILABLE, pymilvus re-sends it, and a call
+# that runs longer than ~30 s (building or loading the index of 113k keywords) never ends (a
+# re-sent create_index finds the index made; a re-sent load waits behind the first). Every call
+# here has a deadline, which is what notices a dead Milvus; the pings add nothing to it.
+KEEPALIVE = {"grpc.keepalive_time_ms": 300_000 + 10_000, "grpc.keepalive_permit_without_calls": False}
+GRPC_OPTIONS = RECONNECT | KEEPALIVE
 
 
 class MilvusUnreachable(IndexUnavailable):
     """Milvus could not be reached when the index was opened (start-up): one sentence."""
+
+
+class MilvusNotLoaded(IndexUnavailable):
+    """Start-up: the collection did not load in time, or Milvus could not load it: one sentence."""
 
 
 def _milvus():
@@ -96,6 +118,12 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
 
 
 def _reason(exc: BaseException) -> str:
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a grpc.RpcError: its str() is a multi-line repr
+        try:
+            return f"{getattr(code(), 'name', code())}: {details() or ''}".strip().rstrip(":.")[:200]
+        except Exception:  # noqa: BLE001 - a future without a status yet
+            pass
     message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
     return message.strip().splitlines()[0][:200].rstrip(".")
 
@@ -181,13 +209,40 @@ def filter_expression(flt: Optional[dict]) -> Optional[str]:
 
 # ---- connecting ----
 
-def connect(uri: str, *, token: str = "", timeout_s: float = 5.0):
-    """A ``MilvusClient`` for ``uri``, or ``MilvusUnreachable`` with one sentence."""
+def _listening(uri: str, timeout_s: float) -> Optional[str]:
+    """None when something accepts TCP connections at ``uri``'s host and port (or the URI names
+    no network address: a local .db file), else why not."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https", "tcp", "grpc") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 19530)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        return exc.strerror or str(exc) or exc.__class__.__name__
+    return None
+
+
+def connect(uri: str, *, token: str = "", timeout_s: float = 5.0, patience_s: Optional[float] = None):
+    """A ``MilvusClient`` for ``uri``, or ``MilvusUnreachable`` with one sentence.
+
+    ``patience_s`` (start-up): how long a Milvus that accepts connections may take to answer
+    (a server that has just started, busy opening its collections); nothing listening is still
+    said within ``timeout_s``."""
     pymilvus = _milvus()
+    wait_s = timeout_s
+    if patience_s is not None:
+        refused = _listening(uri, timeout_s)
+        if refused is not None:
+            raise MilvusUnreachable(f"Milvus at {uri} cannot be reached ({refused}); start it, "
+                                    "or point HLM_MILVUS_URI at a running Milvus.")
+        wait_s = max(timeout_s, patience_s)
     try:
         # gRPC backs off reconnecting up to 120 s by default: after a long outage the service
         # would stay unready for minutes after Milvus is back. 2 s at most keeps recovery prompt.
-        return pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout_s, grpc_options=RECONNECT)
+        return pymilvus.MilvusClient(uri=uri, token=token, timeout=wait_s, grpc_options=GRPC_OPTIONS)
     except _backend_errors() + (OSError, ValueError) as exc:
         raise MilvusUnreachable(f"Milvus at {uri} cannot be reached ({_reason(exc)}); start it, "
                                 "or point HLM_MILVUS_URI at a running Milvus.") from None
@@ -199,24 +254,128 @@ class MilvusIndex:
     backend = "milvus"
 
     def __init__(self, uri: str, collection: str, *, dim: int, artifact_sha256: Optional[str], ef: int = 64,
-                 token: str = "", timeout_s: float = 2.0, client: Any = None):
+                 token: str = "", timeout_s: float = 2.0, client: Any = None,
+                 load_timeout_s: float = LOAD_TIMEOUT_S, nprobe: Optional[int] = None,
+                 logger: Optional[logging.Logger] = None):
+        """Open ``collection`` and wait until Milvus has loaded it (``wait_loaded``), at most
+        ``load_timeout_s``; ``timeout_s`` bounds each call while serving. ``logger``: where the
+        start-up's progress goes (the service's own log; default this module's)."""
+        self._log = logger or log
         self.uri, self.collection, self.dim = uri, collection, int(dim)
         self.artifact_sha256 = artifact_sha256
         self.default_ef = int(ef)
         self.timeout_s = timeout_s
         self._errors = _backend_errors()
-        self.client = client or connect(uri, token=token, timeout_s=timeout_s)
         self._healthy = True
         self._health_lock = threading.Lock()
+        self._loader: Optional[_LoadRequest] = None
+        self._log.info("Milvus: opening collection %r at %s", collection, uri)
+        self.client = client or connect(uri, token=token, timeout_s=timeout_s, patience_s=START_CALL_S)
         try:
-            exists = self.client.has_collection(collection, timeout=timeout_s)
-            if exists:
-                self._load(max(timeout_s, LOAD_AT_START_S))
+            exists = self.client.has_collection(collection, timeout=max(timeout_s, START_CALL_S))
         except self._errors as exc:
             raise MilvusUnreachable(f"Milvus at {uri} does not answer ({_reason(exc)}).") from None
         if not exists:
             raise ValueError(f"Milvus at {uri} has no collection {collection!r}; "
                              f"run `hlm index push ARTIFACT --uri {uri} --collection {collection}` first")
+        self.wait_loaded(load_timeout_s)
+        self.index_type, self.index_params = self._describe_index()
+        self.nprobe = int(nprobe or self._default_nprobe())
+
+    # ---- loading ----
+
+    def _load_state(self, timeout_s: float) -> tuple[str, Optional[int]]:
+        """(state, progress %) of the collection: ``Loaded``, ``Loading`` (with its progress),
+        ``NotLoad``; pymilvus' ``get_load_state``, one or two short calls."""
+        answer = self.client.get_load_state(self.collection, timeout=timeout_s)
+        state = answer.get("state")
+        progress = answer.get("progress")
+        return getattr(state, "name", str(state)), (None if progress is None else int(progress))
+
+    def _request_load(self, timeout_s: float) -> "_LoadRequest":
+        """The load asked for in its own thread (one at a time), waited on by nobody: a cluster
+        answers at once and loads in its query nodes; milvus-lite answers once loaded."""
+        with self._health_lock:
+            if self._loader is None or self._loader.done():
+                self._loader = _LoadRequest(self.client, self.collection, timeout_s)
+            return self._loader
+
+    def wait_loaded(self, timeout_s: float, *, poll_s: Optional[float] = None, every_s: Optional[float] = None) -> float:
+        """Until the collection is loaded, at most ``timeout_s``: the load is requested, its
+        state and progress asked for every ``poll_s`` with short calls and logged every
+        ``every_s``. Returns the seconds waited; ``MilvusNotLoaded`` (one sentence) past
+        ``timeout_s`` or when Milvus says it cannot load it, ``MilvusUnreachable`` when Milvus
+        answers nothing at all.
+
+        Why not one call: a collection loads in minutes at 10^5 keywords on milvus-lite (each
+        segment's index is read back, or built when it was never saved) and longer on a
+        cluster's query nodes. Inside one call of the start-up's 30 s the load outlived its
+        deadline, and the service stopped with "Milvus ... does not answer" (issue #24).
+        """
+        poll_s = LOAD_POLL_S if poll_s is None else poll_s
+        every_s = LOAD_LOG_EVERY_S if every_s is None else every_s
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        call_s = max(self.timeout_s, START_CALL_S)
+        try:
+            state, progress = self._load_state(call_s)
+        except self._errors as exc:
+            raise MilvusUnreachable(f"Milvus at {self.uri} does not answer ({_reason(exc)}).") from None
+        if state == "Loaded":
+            return 0.0
+        where = f"collection {self.collection!r} at {self.uri}"
+        self._log.info("Milvus: loading %s (state %s); waiting for it at most %g s (HLM_MILVUS_LOAD_TIMEOUT_S)",
+                 where, state, timeout_s)
+        request = self._request_load(timeout_s)
+        next_log, last, pause = t0 + every_s, "", min(0.05, poll_s)
+        while True:
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(2 * pause, poll_s)
+            now = time.monotonic()
+            try:
+                state, progress = self._load_state(min(call_s, max(poll_s, deadline - now)))
+            except self._errors as exc:  # busy loading, or restarting: said in the log, asked again
+                state, progress = f"no answer ({_reason(exc)})", None
+            if state == "Loaded":
+                self._log.info("Milvus: %s loaded in %.1f s", where, now - t0)
+                return now - t0
+            last = state + ("" if progress is None else f", {progress}%")
+            failure = request.failure()
+            if failure is not None and state == "NotLoad":
+                if not _transient(failure):  # Milvus answered that it cannot load it
+                    raise MilvusNotLoaded(f"Milvus cannot load {where} ({_reason(failure)}).")
+                request = self._request_load(max(1.0, deadline - now))  # it restarted, or the call was cut
+            if now >= deadline:
+                raise MilvusNotLoaded(
+                    f"Milvus has not loaded {where} within {timeout_s:g} s (HLM_MILVUS_LOAD_TIMEOUT_S; last state: "
+                    f"{last}); raise HLM_MILVUS_LOAD_TIMEOUT_S, or see why Milvus loads it slowly.")
+            if now >= next_log:
+                self._log.info("Milvus: %s %s after %.0f s (of at most %g s)", where, last, now - t0, timeout_s)
+                next_log = now + every_s
+
+    def _describe_index(self) -> tuple[str, dict]:
+        """The index type on the vector field and its build parameters (HNSW when Milvus does not say)."""
+        try:
+            names = self.client.list_indexes(self.collection, field_name="vector", timeout=START_CALL_S)
+            desc = self.client.describe_index(self.collection, names[0], timeout=START_CALL_S) if names else {}
+        except self._errors as exc:
+            raise MilvusUnreachable(f"Milvus at {self.uri} does not answer ({_reason(exc)}).") from None
+        kind = str(desc.get("index_type") or DEFAULT_INDEX_TYPE).upper()
+        params = desc.get("params") if isinstance(desc.get("params"), dict) else {}
+        params = {k: v for k, v in {**desc, **params}.items() if k in ("M", "efConstruction", "nlist", "m", "nbits")}
+        return kind, params
+
+    def _default_nprobe(self) -> int:
+        """IVF lists searched when HLM_MILVUS_NPROBE says nothing: 1/16 of nlist, at least 8."""
+        nlist = int(self.index_params.get("nlist") or 128)
+        return max(1, min(nlist, max(8, nlist // 16)))
+
+    def search_params(self, ef: int) -> dict:
+        """What Milvus' search takes for a breadth ``ef``: an HNSW graph's ef, an IVF index's
+        nprobe (fixed: HLM_MILVUS_NPROBE), DISKANN's search_list."""
+        name = INDEX_TYPES.get(self.index_type, INDEX_TYPES[DEFAULT_INDEX_TYPE])["search"]
+        value = self.nprobe if name == "nprobe" else ef
+        return {"metric_type": SPACE.upper(), "params": {name: int(value)}}
 
     # ---- health ----
 
@@ -258,14 +417,17 @@ class MilvusIndex:
             log.error("Milvus at %s is unavailable: %s", self.uri, _reason(exc) if exc else "")
 
     def healthy(self) -> bool:
-        """One cheap round trip (the load state); loads the collection again if it was released."""
+        """One cheap round trip (the load state). A collection found released (Milvus
+        restarted) is asked to load again, in the background: not ready until it has."""
         try:
             state = self._call(self.client.get_load_state, self.collection).get("state")
-            if getattr(state, "name", str(state)) != "Loaded":
-                self._call(self.client.load_collection, self.collection, timeout=max(self.timeout_s, LOAD_AT_START_S))
         except IndexUnavailable:
             return False
-        return True
+        if getattr(state, "name", str(state)) == "Loaded":
+            return True
+        if getattr(state, "name", str(state)) != "Loading":
+            self._request_load(LOAD_TIMEOUT_S)
+        return False
 
     # ---- read side ----
 
@@ -307,8 +469,7 @@ class MilvusIndex:
         ef = max(params.ef or self.default_ef, params.k)  # HNSW needs ef >= k, as hnswlib
         result = self._call(
             self.client.search, self.collection, data=vectors.tolist(), limit=params.k,
-            filter=expr or "", anns_field="vector", output_fields=["text"],
-            search_params={"metric_type": SPACE.upper(), "params": {"ef": ef}},
+            filter=expr or "", anns_field="vector", output_fields=["text"], search_params=self.search_params(ef),
         )
         return [[Hit(str(h["id"]), h["entity"]["text"], float(h["distance"])) for h in row] for row in result]
 
@@ -345,6 +506,41 @@ class MilvusIndex:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing a dead connection has nothing to report
             pass
+
+
+class _LoadRequest:
+    """``load_collection`` in a daemon thread: its outcome, read by whoever polls the load state."""
+
+    def __init__(self, client: Any, collection: str, timeout_s: float):
+        self._failure: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(client, collection, timeout_s),
+                                        name=f"milvus-load-{collection}", daemon=True)
+        self._thread.start()
+
+    def _run(self, client: Any, collection: str, timeout_s: float) -> None:
+        try:
+            client.load_collection(collection, timeout=timeout_s, _async=True)
+        except Exception as exc:  # noqa: BLE001 - read by failure(); the load state is what counts
+            self._failure = exc
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def failure(self) -> Optional[BaseException]:
+        return None if self._thread.is_alive() else self._failure
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the call (cut, timed out, Milvus gone), not Milvus' answer that it cannot load."""
+    import grpc
+
+    if isinstance(exc, (grpc.RpcError, grpc.FutureTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    code = getattr(exc, "code", None)
+    return isinstance(code, grpc.StatusCode) or "Retry timeout" in str(getattr(exc, "message", "") or exc)
 
 
 def keyword_rows(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict],
@@ -403,9 +599,56 @@ class PushRefused(Exception):
     """`hlm index push` will not touch the collection; the message says why and what to do."""
 
 
+# The vector index types `hlm index push --index-type` asks Milvus for, and what each is built
+# and searched with. Milvus (a cluster) offers all of them; milvus-lite 3.2 builds HNSW, HNSW_SQ
+# (8-bit scalar codes in the graph), IVF_FLAT and IVF_SQ8 with faiss and refuses the others
+# (IVF_PQ is reserved there; HNSW_PQ, DISKANN, IVF_RABITQ are unknown to it): the push says so
+# in a sentence. ``search`` is the search parameter the service's breadth goes to: an HNSW
+# graph's ef (a request's ef, as hnswlib), an IVF index's nprobe (HLM_MILVUS_NPROBE).
+INDEX_TYPES = {
+    "HNSW": {"build": ("M", "efConstruction"), "search": "ef"},
+    "HNSW_SQ": {"build": ("M", "efConstruction", "sq_type"), "search": "ef"},
+    "HNSW_PQ": {"build": ("M", "efConstruction", "m", "nbits"), "search": "ef"},
+    "IVF_FLAT": {"build": ("nlist",), "search": "nprobe"},
+    "IVF_SQ8": {"build": ("nlist",), "search": "nprobe"},
+    "IVF_PQ": {"build": ("nlist", "m", "nbits"), "search": "nprobe"},
+    "IVF_RABITQ": {"build": ("nlist",), "search": "nprobe"},
+    "DISKANN": {"build": (), "search": "search_list"},
+}
+DEFAULT_INDEX_TYPE = "HNSW"
+
+
+def index_build_params(index_type: str, count: int, dim: int, *, M: int = 32, ef_construction: int = 200,
+                       nlist: Optional[int] = None, pq_m: Optional[int] = None) -> dict:
+    """The build parameters of ``index_type`` for ``count`` keywords of ``dim`` dimensions.
+
+    HNSW kinds take the artifact's graph (M, efConstruction); IVF kinds ``nlist`` lists
+    (default 4 x sqrt(count), the usual rule, at least 1); PQ kinds ``pq_m`` sub-quantisers of
+    8 bits (default dim / 8: 96 bytes a 768-d keyword, as the 1-bit codes of issue #24), which
+    must divide ``dim``.
+    """
+    kind = index_type.upper()
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    params: dict = {}
+    if "M" in INDEX_TYPES[kind]["build"]:
+        params.update(M=int(M), efConstruction=int(ef_construction))
+    if "nlist" in INDEX_TYPES[kind]["build"]:
+        params["nlist"] = int(nlist or max(1, round(4 * math.sqrt(max(count, 1)))))
+    if "sq_type" in INDEX_TYPES[kind]["build"]:
+        params["sq_type"] = "SQ8"
+    if "m" in INDEX_TYPES[kind]["build"]:
+        m = int(pq_m or max(1, dim // 8))
+        if dim % m:
+            raise ValueError(f"--pq-m {m} does not divide the vectors' {dim} dimensions")
+        params.update(m=m, nbits=8)
+    return params
+
+
 def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION, *, replace: bool = False,
-                  batch: int = 256, token: str = "", timeout_s: float = 30.0,
-                  progress: Optional[Callable[[int, int], None]] = None) -> str:
+                  batch: int = 256, token: str = "", timeout_s: float = 30.0, index_type: str = DEFAULT_INDEX_TYPE,
+                  nlist: Optional[int] = None, pq_m: Optional[int] = None,
+                  progress: Optional[Callable[[int, int], None]] = None, timings: Optional[dict] = None) -> str:
     """Create ``collection`` from ``artifact``'s keywords; return what was done, in a sentence.
 
     Idempotent: a complete collection from the same artifact is left alone; one from another
@@ -414,8 +657,40 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
     """
     root = Path(artifact)
     manifest = verify_artifact(root)
-    sha, idx = manifest["artifact_sha256"], manifest["index"]
-    dim = int(idx["dim"])
+    idx = manifest["index"]
+
+    def keywords():
+        ids, texts, vectors = read_artifact_keywords(root, manifest)
+        return ids, texts, vectors, read_artifact_attributes(root, manifest, ids)
+
+    return push_keywords(keywords, uri, collection, sha=manifest["artifact_sha256"], dim=int(idx["dim"]),
+                         replace=replace, batch=batch, token=token, timeout_s=timeout_s, index_type=index_type,
+                         M=int(idx.get("M") or 32), ef_construction=int(idx.get("ef_construction") or 200),
+                         nlist=nlist, pq_m=pq_m, progress=progress, timings=timings)
+
+
+def _index_of(client, collection: str) -> Optional[str]:
+    """The index type on the collection's vector field, None without one."""
+    try:
+        names = client.list_indexes(collection, field_name="vector")
+        if not names:
+            return None
+        return str(client.describe_index(collection, names[0]).get("index_type") or "").upper() or None
+    except _backend_errors():
+        return None
+
+
+def push_keywords(keywords: Callable[[], tuple[list[str], list[str], np.ndarray, list[dict]]], uri: str,
+                  collection: str, *, sha: str, dim: int, replace: bool = False, batch: int = 256, token: str = "",
+                  timeout_s: float = 30.0, index_type: str = DEFAULT_INDEX_TYPE, M: int = 32,
+                  ef_construction: int = 200, nlist: Optional[int] = None, pq_m: Optional[int] = None,
+                  progress: Optional[Callable[[int, int], None]] = None, timings: Optional[dict] = None) -> str:
+    """The push itself, for any keyword set: ``keywords()`` gives (ids, texts, vectors,
+    attributes), read only when the collection has to be (re)made; ``sha`` is what the
+    collection records as its artifact. ``push_artifact`` is this on an artifact's keywords.
+    ``timings``, when given, receives the seconds spent inserting (``insert_s``) and building
+    and loading the index (``index_s``) when the collection is (re)made."""
+    kind = index_type.upper()
     pymilvus = _milvus()
     client = connect(uri, token=token, timeout_s=timeout_s)
     errors = _backend_errors()
@@ -424,7 +699,13 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
             props = dict(client.describe_collection(collection).get("properties") or {})
             recorded = props.get(SHA_PROPERTY)
             if recorded == sha and props.get(STATE_PROPERTY) == "complete":
-                return f"collection {collection!r} at {uri} already holds artifact {sha[:12]}…; nothing to do"
+                held = _index_of(client, collection)
+                if held in (None, kind) or replace:
+                    if held in (None, kind):
+                        return f"collection {collection!r} at {uri} already holds artifact {sha[:12]}…; nothing to do"
+                else:
+                    raise PushRefused(f"collection {collection!r} at {uri} holds artifact {sha[:12]}… indexed {held}, "
+                                      f"not {kind}; pass --replace to rebuild it, or push to another --collection")
             if recorded not in (None, sha) and not replace:
                 raise PushRefused(f"collection {collection!r} at {uri} holds artifact {recorded[:12]}…, not {sha[:12]}…; "
                                   "pass --replace to overwrite it, or push to another --collection")
@@ -432,12 +713,12 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
                 raise PushRefused(f"collection {collection!r} at {uri} was not made by `hlm index push`; "
                                   "pass --replace to overwrite it, or push to another --collection")
             client.drop_collection(collection)
-        ids, texts, vectors = read_artifact_keywords(root, manifest)
+        ids, texts, vectors, attrs = keywords()
+        params = index_build_params(kind, len(ids), dim, M=M, ef_construction=ef_construction, nlist=nlist, pq_m=pq_m)
         properties = {SHA_PROPERTY: sha, DIM_PROPERTY: str(dim), STATE_PROPERTY: "loading"}
         client.create_collection(collection, schema=_schema(pymilvus, dim), properties=properties,
                                  description=f"hlm keywords of artifact {sha}")
-        attrs = read_artifact_attributes(root, manifest, ids)
-        done = 0
+        done, t0 = 0, time.perf_counter()
         for start in range(0, len(ids), batch):
             end = min(start + batch, len(ids))
             client.insert(collection, keyword_rows(ids[start:end], vectors[start:end], texts[start:end],
@@ -446,17 +727,26 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
             if progress:
                 progress(done, len(ids))
         client.flush(collection)
+        t1 = time.perf_counter()
         # The index is built after the bulk insert, as Milvus recommends for a first load.
         index_params = client.prepare_index_params()
-        index_params.add_index("vector", index_type="HNSW", metric_type=SPACE.upper(),
-                               params={"M": int(idx.get("M") or 32), "efConstruction": int(idx.get("ef_construction") or 200)})
-        client.create_index(collection, index_params)
-        client.load_collection(collection)
+        index_params.add_index("vector", index_type=kind, metric_type=SPACE.upper(), params=params)
+        try:
+            client.create_index(collection, index_params)
+            client.load_collection(collection)
+            if timings is not None:
+                timings.update(insert_s=t1 - t0, index_s=time.perf_counter() - t1, index_type=kind, params=params)
+        except errors as exc:
+            if isinstance(exc, pymilvus.exceptions.MilvusException) and _refuses_index(exc):
+                raise PushRefused(f"Milvus at {uri} does not build index type {kind} ({_reason(exc)}); "
+                                  f"choose another --index-type (default {DEFAULT_INDEX_TYPE})") from None
+            raise
         count = int(client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if count != len(ids):
             raise PushRefused(f"collection {collection!r} holds {count} keywords after the push, not {len(ids)}; run it again")
         client.alter_collection_properties(collection, properties={STATE_PROPERTY: "complete"})
-        return f"pushed {len(ids)} keywords of artifact {sha[:12]}… to collection {collection!r} at {uri}"
+        return (f"pushed {len(ids)} keywords of artifact {sha[:12]}… to collection {collection!r} at {uri}"
+                + ("" if kind == DEFAULT_INDEX_TYPE else f", index {kind} {json.dumps(params, sort_keys=True)}"))
     except errors as exc:
         raise MilvusUnreachable(f"Milvus at {uri} failed during the push ({_reason(exc)}); run it again") from None
     finally:
@@ -464,6 +754,13 @@ def push_artifact(artifact: Path, uri: str, collection: str = DEFAULT_COLLECTION
             client.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _refuses_index(exc: BaseException) -> bool:
+    """Whether Milvus refused the index type or its parameters (not a failure to answer)."""
+    text = str(getattr(exc, "message", "") or exc).lower()
+    return any(word in text for word in ("index_type", "index type", "not implemented", "reserved", "not supported",
+                                         "unsupported", "invalid index", "illegal"))
 
 
 # ---- agreement with exact search and with the hnswlib backend (`hlm index agreement`) ----

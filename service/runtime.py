@@ -60,7 +60,7 @@ def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int
         index = MilvusIndex(settings.milvus_uri, settings.milvus_collection, dim=int(idx["dim"]),
                             artifact_sha256=manifest.get("artifact_sha256"), ef=ef, token=token,
                             timeout_s=settings.milvus_timeout_s, load_timeout_s=settings.milvus_load_timeout_s,
-                            nprobe=settings.milvus_nprobe)
+                            nprobe=settings.milvus_nprobe, logger=log)
     except IndexUnavailable as exc:  # unreachable at start: stop with its one sentence
         raise ArtifactError(str(exc).rstrip(".") + ".") from None
     return ServedIndex(index, settings.retry_after_s)

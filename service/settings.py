@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     milvus_timeout_s: float = Field(
         1.0, gt=0.0, le=60.0,
         description="Bound of one Milvus call while serving; past it the query gets 503 + Retry-After, not a hung request.")
+    milvus_load_timeout_s: float = Field(
+        1800.0, gt=0.0, le=86400.0,
+        description="How long start-up waits for Milvus to load the collection (its state and progress are logged every "
+        "few seconds; /healthz answers and /readyz says loading meanwhile); past it start-up stops with one sentence.")
+    milvus_nprobe: Optional[int] = Field(
+        None, ge=1, le=65536,
+        description="IVF lists searched on a collection pushed with an IVF index type (`hlm index push --index-type "
+        "IVF_SQ8`); default 1/16 of its nlist, at least 8. HNSW collections use ef instead.")
 
     # Micro-batching, one worker per encoder.
     max_batch: int = Field(16, ge=1, le=1024, description="Most queries one student batch holds.")

@@ -118,3 +118,48 @@ def test_same_api_from_milvus_503_while_it_is_down_then_recovery(tmp_path, artif
                 proc.kill()
         milvus.kill()
         shutil.rmtree(tmp_path / "milvus", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_start_up_waits_for_milvus_while_healthz_answers_and_readyz_says_loading(tmp_path, artifact):
+    """issue #24: a Milvus that has just started answers only once it has opened the collection,
+    then loads it. Here it is paused (SIGSTOP) while the service opens the collection: a slow
+    Milvus, deterministically. The service waits (HLM_MILVUS_TIMEOUT_S bounds serving calls, not
+    start-up's), /healthz answers, /readyz says loading; resumed, it loads and serves."""
+    milvus = LiteServer(tmp_path / "milvus", free_port()).start()
+    proc = None
+    try:
+        push_artifact(artifact, milvus.uri, "kw")
+        milvus.kill()
+        milvus.start()  # freshly started: the collection is released until a load
+        log = tmp_path / "serve.log"
+        os.killpg(milvus.proc.pid, signal.SIGSTOP)
+        proc, url = serve(artifact, log, index_backend="milvus", milvus_uri=milvus.uri, milvus_collection="kw",
+                          warmup_rounds=1, milvus_timeout_s=1)
+        client = httpx.Client(base_url=url)
+        deadline = time.monotonic() + 120  # bounded: the encoders load first
+        while "Milvus: opening collection 'kw'" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert "Milvus: opening collection 'kw'" in log.read_text()
+        for _ in range(3):  # longer than HLM_MILVUS_TIMEOUT_S, shorter than start-up's own bound
+            assert client.get("/healthz", timeout=5).status_code == 200
+            ready = client.get("/readyz", timeout=5)
+            assert ready.status_code == 503 and ready.json()["status"] == "loading", ready.text
+            time.sleep(0.5)
+        os.killpg(milvus.proc.pid, signal.SIGCONT)
+        wait_ready(client, proc, log)
+        text = log.read_text()
+        assert "loading collection 'kw'" in text and "HLM_MILVUS_LOAD_TIMEOUT_S" in text and "loaded in" in text
+        assert search(client).status_code == 200
+    finally:
+        if milvus.proc is not None and milvus.proc.poll() is None:
+            os.killpg(milvus.proc.pid, signal.SIGCONT)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        milvus.kill()
+        shutil.rmtree(tmp_path / "milvus", ignore_errors=True)
