@@ -38,7 +38,7 @@ import numpy as np
 
 from artifact.store import read_store
 from retrieval.base import Hit, SearchParams
-from retrieval.hnsw import build_attributes, read_attributes, value_key
+from retrieval.keyword_table import KeywordTable
 
 VECTOR_DTYPE = np.float16
 # Filtered searches allowing at most this many keywords are answered exactly over their vectors.
@@ -176,7 +176,7 @@ class CompressedVectors:
         return int(codes + ivf.nlist * self.dim * 4)
 
 
-class CompressedIndex:
+class CompressedIndex(KeywordTable):
     """``retrieval.base.VectorIndex`` over the files above: read and write side."""
 
     backend = "faiss"
@@ -184,76 +184,19 @@ class CompressedIndex:
     def __init__(self, index_path: Path, vectors_path: Path, store_path: Path, dim: int, ef: int, nprobe: int,
                  attributes_path: Optional[Path] = None):
         ids, texts = read_store(store_path)
-        if len(set(ids)) != len(ids):
-            raise ValueError("the keyword store repeats an id")
+        self._init_table(ids, texts, attributes_path)
         self.dim = dim
         self.default_ef = ef
         self.core = CompressedVectors(index_path, vectors_path, len(ids), dim, nprobe)
+        self.core.extra = self._vec  # live upserts' full vectors: the table keeps them, the re-rank reads them
         self.index = self.core.index
         self.rows = len(ids)
-        attrs = read_attributes(attributes_path, len(ids)) if attributes_path else [build_attributes(i) for i in ids]
-        self._id: dict[int, str] = dict(enumerate(ids))
-        self._text: dict[int, str] = dict(enumerate(texts))
-        self._attrs: dict[int, dict] = dict(enumerate(attrs))
-        self._label: dict[str, int] = {kid: i for i, kid in enumerate(ids)}
-        self._vec = self.core.extra  # full vectors of live upserts (not in the file)
-        self._postings: dict[str, dict[tuple, set[int]]] = {}
-        for label, attributes in self._attrs.items():
-            self._post(label, attributes)
-        self._next_label = len(ids)
-        self._allowed_cache: dict[str, tuple[set[int], Any]] = {}
+        self._selectors: dict[str, Any] = {}  # filter -> faiss bitmap selector over its labels
         # Readers share the faiss index; a writer holds it alone (faiss add/remove beside a search is unsafe).
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writing = False
         self._writer = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._id)
-
-    # ---- keyword table ----
-
-    def _post(self, label: int, attributes: dict) -> None:
-        for name, value in attributes.items():
-            self._postings.setdefault(name, {}).setdefault(value_key(value), set()).add(label)
-
-    def _forget(self, label: int) -> None:
-        self._vec.pop(label, None)
-        for name, value in self._attrs.pop(label, {}).items():
-            self._postings[name][value_key(value)].discard(label)
-        del self._label[self._id.pop(label)]
-        del self._text[label]
-
-    def get(self, keyword_id: str) -> Optional[tuple[str, dict]]:
-        with self._cond:
-            label = self._label.get(keyword_id)
-            return None if label is None else (self._text[label], dict(self._attrs[label]))
-
-    def keywords(self) -> list[tuple[str, str, dict]]:
-        with self._cond:
-            return [(self._id[label], self._text[label], dict(self._attrs[label])) for label in sorted(self._id)]
-
-    def attribute_counts(self) -> dict[str, list[tuple[Any, int]]]:
-        with self._cond:
-            counts = {name: [(key[1], len(labels)) for key, labels in posting.items() if labels]
-                      for name, posting in self._postings.items()}
-        return {name: values for name, values in counts.items() if values}
-
-    def match_counts(self, flt: dict) -> dict[str, Optional[list[int]]]:
-        out: dict[str, Optional[list[int]]] = {}
-        with self._cond:
-            for name, want in flt.items():
-                posting = self._postings.get(name)
-                if not posting or not any(posting.values()):
-                    out[name] = None
-                    continue
-                out[name] = [len(posting.get(value_key(v), ())) for v in (want if isinstance(want, list) else [want])]
-        return out
-
-    def attributes_of(self, keyword_ids: Sequence[str]) -> list[dict]:
-        with self._cond:
-            labels = [self._label.get(kid) for kid in keyword_ids]
-            return [dict(self._attrs.get(label, {})) if label is not None else {} for label in labels]
 
     def vectors_of(self, keyword_ids: Sequence[str]) -> np.ndarray:
         with self._cond:
@@ -302,29 +245,21 @@ class CompressedIndex:
                 self._cond.notify_all()
 
     def _allowed(self, flt: dict) -> tuple[set[int], Any]:
-        """(labels matching ``flt``, a faiss selector over them); cached per filter (under ``_cond``)."""
+        """(labels matching ``flt``, a faiss bitmap selector over them when they are many);
+        call under ``_cond``."""
+        allowed = self.allowed(flt)
+        if len(allowed) <= EXACT_FILTER_MAX:
+            return allowed, None
         key = json.dumps(flt, sort_keys=True)
-        hit = self._allowed_cache.get(key)
-        if hit is not None:
-            return hit
-        result: Optional[set[int]] = None
-        for name, want in flt.items():
-            posting = self._postings.get(name, {})
-            matching = set().union(*(posting.get(value_key(v), ()) for v in (want if isinstance(want, list) else [want])))
-            result = matching if result is None else result & matching
-            if not result:
-                break
-        result = result or set()
-        selector = None
-        if len(result) > EXACT_FILTER_MAX:
+        selector = self._selectors.get(key)
+        if selector is None:
             bits = np.zeros((self._next_label + 7) // 8, dtype=np.uint8)
-            labels = np.fromiter(result, dtype=np.int64, count=len(result))
+            labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))
             np.bitwise_or.at(bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
-            selector = (faiss.IDSelectorBitmap(self._next_label, faiss.swig_ptr(bits)), bits)  # bits kept alive
-        if len(self._allowed_cache) >= 256:
-            self._allowed_cache.clear()
-        self._allowed_cache[key] = (result, selector)
-        return result, selector
+            selector = self._selectors[key] = (faiss.IDSelectorBitmap(self._next_label, faiss.swig_ptr(bits)), bits)
+            if len(self._selectors) > 256:
+                self._selectors.clear()
+        return allowed, selector
 
     def search(self, vectors: np.ndarray, params: SearchParams) -> list[list[Hit]]:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -382,11 +317,8 @@ class CompressedIndex:
                             deleted += kid in delete_ids
                     for kid, label, text, attrs, row in zip(ids, labels, texts, attributes,
                                                             vectors if vectors is not None else ()):
-                        self._id[label], self._text[label], self._attrs[label] = kid, text, dict(attrs)
-                        self._vec[label] = row.copy()
-                        self._label[kid] = label
-                        self._post(label, attrs)
-                    self._allowed_cache = {}
+                        self._add(kid, label, text, attrs, row.copy())
+                    self._allowed_cache, self._selectors = {}, {}
             return deleted
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str], attributes: Sequence[dict]) -> None:

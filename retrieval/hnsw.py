@@ -7,11 +7,10 @@ is ``1 - cosine`` and a score is ``1 - distance``; both conventions live only he
 
 from __future__ import annotations
 
-import json
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import hnswlib
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from artifact.store import read_store
 from retrieval.base import SPACE, Hit, SearchParams
 from retrieval.exact import exact_top_k, recall_at_k
+from retrieval.keyword_table import KeywordTable
 
 # A fixed seed makes the graph, and so the artifact's checksum, reproducible.
 BUILD_SEED = 100
@@ -41,7 +41,7 @@ def graph_recall(graph: hnswlib.Index, keyword_vectors: np.ndarray, query_vector
     return recall_at_k(labels.tolist(), exact_top_k(keyword_vectors, query_vectors, k).tolist())
 
 
-class HnswIndex:
+class HnswIndex(KeywordTable):
     """The artifact's index, loaded for serving: ``retrieval.base.VectorIndex``, read and write side.
 
     Labels: the artifact's rows are labels ``0..n-1``; every live upsert gets a fresh label
@@ -73,25 +73,15 @@ class HnswIndex:
                  attributes_path: Optional[Path] = None, headroom: float = 0.1, double_buffer: bool = False):
         ids, texts = read_store(store_path)
         self.dim = dim
-        if len(set(ids)) != len(ids):
-            raise ValueError("the keyword store repeats an id")
+        # The keyword table (retrieval/keyword_table.py); the live upserts' vectors are kept in
+        # it too (reading them back from the graph is slow).
+        self._init_table(ids, texts, attributes_path)
         self.graph = self._load_graph(index_path, len(ids), headroom, ef)
         # The spare copy; None: one graph, written under the exclusive lock.
         self._spare: Optional[hnswlib.Index] = (self._load_graph(index_path, len(ids), headroom, ef)
                                                  if double_buffer else None)
-        attrs = read_attributes(attributes_path, len(ids)) if attributes_path else [build_attributes(i) for i in ids]
         self.default_ef = ef
-        self._id: dict[int, str] = dict(enumerate(ids))
-        self._text: dict[int, str] = dict(enumerate(texts))
-        self._attrs: dict[int, dict] = dict(enumerate(attrs))
-        self._vec: dict[int, np.ndarray] = {}  # vectors of live upserts (reading the graph's back is slow)
-        self._label: dict[str, int] = {kid: i for i, kid in enumerate(ids)}
-        self._postings: dict[str, dict[tuple, set[int]]] = {}
-        for label, attributes in self._attrs.items():
-            self._post(label, attributes)
-        self._next_label = len(ids)
         self._hidden_from: Optional[int] = None  # labels >= this are a write in progress (one graph)
-        self._allowed_cache: dict[str, set[int]] = {}
         # set_ef is global to a graph. Searches at a graph's current ef run side by side
         # (hnswlib searches are thread-safe); one at another ef waits until no search runs on
         # that graph, then changes it. The keyword table is read and changed under _cond.
@@ -115,63 +105,6 @@ class HnswIndex:
         graph.resize_index(rows + max(1024, int(rows * headroom)))
         graph.set_ef(ef)
         return graph
-
-    def __len__(self) -> int:
-        return len(self._id)
-
-    # ---- the keyword table beside the graph ----
-
-    def _post(self, label: int, attributes: dict) -> None:
-        for name, value in attributes.items():
-            self._postings.setdefault(name, {}).setdefault(value_key(value), set()).add(label)
-
-    def _forget(self, label: int) -> None:
-        self._vec.pop(label, None)
-        for name, value in self._attrs.pop(label, {}).items():
-            self._postings[name][value_key(value)].discard(label)
-        del self._label[self._id.pop(label)]
-        del self._text[label]
-
-    def get(self, keyword_id: str) -> Optional[tuple[str, dict]]:
-        """(text, attributes) of a live keyword, None if absent."""
-        with self._cond:
-            label = self._label.get(keyword_id)
-            if label is None:
-                return None
-            return self._text[label], dict(self._attrs[label])
-
-    # ---- what a filter can name (service/filters.py: GET /v1/info, the search's filter check) ----
-
-    def attribute_counts(self) -> dict[str, list[tuple[Any, int]]]:
-        """attribute -> [(value, live keywords carrying it)]; values and attributes no live keyword carries left out."""
-        with self._cond:
-            counts = {name: [(key[1], len(labels)) for key, labels in posting.items() if labels]
-                      for name, posting in self._postings.items()}
-        return {name: values for name, values in counts.items() if values}
-
-    def match_counts(self, flt: dict) -> dict[str, Optional[list[int]]]:
-        """Per attribute of ``flt``: None when no live keyword carries it, else how many live
-        keywords carry each of its values (a list's values in order). Costs the filter's size."""
-        out: dict[str, Optional[list[int]]] = {}
-        with self._cond:
-            for name, want in flt.items():
-                posting = self._postings.get(name)
-                if not posting or not any(posting.values()):
-                    out[name] = None
-                    continue
-                out[name] = [len(posting.get(value_key(v), ())) for v in (want if isinstance(want, list) else [want])]
-        return out
-
-    def attributes_of(self, keyword_ids: Sequence[str]) -> list[dict]:
-        """Each live keyword's attributes (a copy; {} for an id no longer live)."""
-        with self._cond:
-            labels = [self._label.get(kid) for kid in keyword_ids]
-            return [dict(self._attrs.get(label, {})) if label is not None else {} for label in labels]
-
-    def keywords(self) -> list[tuple[str, str, dict]]:
-        """(id, text, attributes) of every live keyword, in label order (a copy: safe beside writes)."""
-        with self._cond:
-            return [(self._id[label], self._text[label], dict(self._attrs[label])) for label in sorted(self._id)]
 
     def vectors_of(self, keyword_ids: Sequence[str]) -> np.ndarray:
         with self._reading(None) as (graph, _):
@@ -302,28 +235,6 @@ class HnswIndex:
             return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
         return _exact(self, graph, vectors, sorted(allowed), k)
 
-    def allowed(self, flt: dict) -> set[int]:
-        """Labels whose attributes match ``flt`` (equality; a list is "any of"; missing: no match).
-
-        A new set (the caller may keep it); call under ``_cond``."""
-        key = json.dumps(flt, sort_keys=True)
-        hit = self._allowed_cache.get(key)
-        if hit is not None:
-            return hit
-        result: Optional[set[int]] = None
-        for name, want in flt.items():
-            values = want if isinstance(want, list) else [want]
-            posting = self._postings.get(name, {})
-            matching = set().union(*(posting.get(value_key(v), ()) for v in values))
-            result = matching if result is None else result & matching
-            if not result:
-                break
-        result = result or set()
-        if len(self._allowed_cache) >= 256:
-            self._allowed_cache.clear()
-        self._allowed_cache[key] = result
-        return result
-
     def search(self, vectors: np.ndarray, params: SearchParams) -> list[list[Hit]]:
         k = min(params.k, len(self._id))
         ef = max(params.ef or self.default_ef, k)
@@ -425,10 +336,7 @@ class HnswIndex:
             self._forget(old)
             deleted += kid in delete_ids
         for kid, label, text, attrs, row in zip(ids, labels, texts, attributes, vectors if vectors is not None else ()):
-            self._id[label], self._text[label], self._attrs[label] = kid, text, dict(attrs)
-            self._vec[label] = row
-            self._label[kid] = label
-            self._post(label, attrs)
+            self._add(kid, label, text, attrs, row)
         self._hidden_from = None
         self._allowed_cache = {}
         return deleted
@@ -482,55 +390,3 @@ def _exact(index: HnswIndex, graph: hnswlib.Index, vectors: np.ndarray, labels: 
             best_s, best_l = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_l, keep, 1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_l, order, 1), np.take_along_axis(best_s, order, 1)
-
-
-# ---- attributes ----
-
-ATTRIBUTES_HEADER = "hlm-attributes-v1"
-
-
-def build_attributes(keyword_id: str) -> dict:
-    """What the build's data says about a keyword: its source, the id's prefix ("hd", "mq")."""
-    prefix, sep, _ = keyword_id.partition(":")
-    return {"source": prefix} if sep and prefix else {}
-
-
-def value_key(value: Any) -> tuple:
-    """Equality key of an attribute value: True and 1 differ (a JSON boolean is not a number),
-    1 and 1.0 do not."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, (int, float)):
-        return ("n", value)
-    return ("s", value)
-
-
-def matches_filter(attributes: dict, flt: dict) -> bool:
-    """Whether a keyword's attributes pass a search filter, by the rule ``HnswIndex.allowed``
-    applies inside the search: every named attribute present and equal (``value_key``) to the
-    value, or to one of a list's values."""
-    for name, want in flt.items():
-        if name not in attributes:
-            return False
-        have = value_key(attributes[name])
-        if not any(have == value_key(v) for v in (want if isinstance(want, list) else [want])):
-            return False
-    return True
-
-
-def read_attributes(path: Path, rows: int) -> list[dict]:
-    """``index/attributes.jsonl`` (written by ``hlm compact``): a header line, then one JSON object per store row."""
-    with open(path, encoding="utf-8") as handle:
-        if handle.readline().strip() != json.dumps(ATTRIBUTES_HEADER):
-            raise ValueError(f"{path} does not start with the header {ATTRIBUTES_HEADER!r}")
-        out = [json.loads(line) for line in handle]
-    if len(out) != rows or not all(isinstance(a, dict) for a in out):
-        raise ValueError(f"{path} has {len(out)} attribute rows but the keyword store has {rows}")
-    return out
-
-
-def write_attributes(path: Path, attributes: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(ATTRIBUTES_HEADER) + "\n")
-        for attrs in attributes:
-            handle.write(json.dumps(attrs, ensure_ascii=False, sort_keys=True) + "\n")

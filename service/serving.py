@@ -362,7 +362,7 @@ def fuse(runtime, texts: list[str], found: list, k: int, flt: Optional[dict] = N
     top FUSION_DEPTH (those passing the filter) by reciprocal rank; a BM25 hit deleted since the
     build is left out (checked against the live index), one the dense side also found keeps
     its text from there."""
-    from retrieval.hnsw import matches_filter
+    from retrieval.keyword_table import matches_filter
     from retrieval.lexical import rrf
 
     out = []

@@ -21,7 +21,8 @@ import numpy as np
 
 from artifact.manifest import MANIFEST_NAME, staged_folder, verify, write_manifest
 from artifact.store import write_store
-from retrieval.hnsw import HnswIndex, build_hnsw, write_attributes
+from retrieval.hnsw import HnswIndex, build_hnsw
+from retrieval.keyword_table import write_attributes
 from retrieval.onnx_encoder import OnnxEncoder
 from service.live.keywords import encode_texts
 from service.live.liveset import LiveSet
