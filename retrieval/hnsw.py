@@ -260,13 +260,7 @@ class HnswIndex(KeywordTable):
 
         Returns how many of ``delete_ids`` were present. Checks everything before touching
         a graph, so a refused change leaves the index as it was."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim) if len(ids) else None
-        if not (len(ids) == len(texts) == len(attributes)):
-            raise ValueError("ids, texts and attributes differ in length")
-        if len(set(ids)) != len(ids) or set(ids) & set(delete_ids):
-            raise ValueError("an id appears twice in one change")
-        if vectors is not None and not np.isfinite(vectors).all():
-            raise ValueError("a vector is not finite")
+        vectors = self._checked_change(delete_ids, ids, vectors, texts, attributes)
         with self._writer:
             first = self._next_label
             labels = list(range(first, first + len(ids)))

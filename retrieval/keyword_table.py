@@ -107,6 +107,21 @@ class KeywordTable:
         self._label[keyword_id] = label
         self._post(label, attributes)
 
+    def _checked_change(self, delete_ids: Sequence[str], ids: Sequence[str], vectors: np.ndarray,
+                        texts: Sequence[str], attributes: Sequence[dict]) -> Optional[np.ndarray]:
+        """A change's upsert vectors as float32 [n, dim] (None: no upserts), or ValueError with
+        one sentence; checked whole before an index is touched, so a refused change changes nothing."""
+        if not (len(ids) == len(texts) == len(attributes)):
+            raise ValueError("ids, texts and attributes differ in length")
+        if len(set(ids)) != len(ids) or set(ids) & set(delete_ids):
+            raise ValueError("an id appears twice in one change")
+        if not len(ids):
+            return None
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        if not np.isfinite(vectors).all():
+            raise ValueError("a vector is not finite")
+        return vectors
+
     def get(self, keyword_id: str) -> Optional[tuple[str, dict]]:
         """(text, attributes) of a live keyword, None if absent."""
         with self._cond:
