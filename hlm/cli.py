@@ -259,29 +259,46 @@ index_app = typer.Typer(no_args_is_help=True, help="The keyword index in a vecto
 app.add_typer(index_app, name="index")
 
 
+INDEX_TYPE_HELP = ("Milvus' vector index: HNSW (the default, the artifact's M and efConstruction), HNSW_SQ (8-bit codes "
+                   "in the graph), IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW_PQ, IVF_RABITQ, DISKANN. milvus-lite 3.2 builds HNSW, "
+                   "HNSW_SQ, IVF_FLAT and IVF_SQ8; a type the engine does not build is refused with a sentence.")
+
+
 @index_app.command("push")
 def index_push(
     artifact: Path = typer.Argument(..., help="A verified artifact folder."),
     uri: str = typer.Option(..., envvar="HLM_MILVUS_URI", help="Milvus URI: http://host:19530, or a local milvus-lite file ending in .db."),
     collection: str = typer.Option("hlm_keywords", envvar="HLM_MILVUS_COLLECTION", help="Collection to create."),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite a collection that holds another artifact."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite a collection that holds another artifact (or another index type)."),
     batch: int = typer.Option(256, min=1, help="Keywords per insert."),
     token: str = typer.Option("", envvar="HLM_MILVUS_TOKEN", help="Milvus token (user:password), if the cluster needs one."),
+    index_type: str = typer.Option("HNSW", "--index-type", help=INDEX_TYPE_HELP),
+    nlist: Optional[int] = typer.Option(None, min=1, help="IVF lists (IVF_* types); default 4 x sqrt(keywords)."),
+    pq_m: Optional[int] = typer.Option(None, "--pq-m", min=1, help="PQ sub-quantisers of 8 bits (IVF_PQ, HNSW_PQ); default dim / 8."),
 ) -> None:
     """Push an artifact's teacher keyword vectors into a Milvus collection (idempotent)."""
     from rich.progress import Progress
 
     from artifact.manifest import ArtifactError
     from retrieval.base import IndexUnavailable
-    from retrieval.milvus import PushRefused, push_artifact
+    from retrieval.milvus import INDEX_TYPES, PushRefused, push_artifact
+
+    if index_type.upper() not in INDEX_TYPES:
+        typer.echo(f"hlm index push: unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}.", err=True)
+        raise typer.Exit(2)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+        if done == total:
+            bar.update(task, description=f"building and loading the {index_type.upper()} index in Milvus")
 
     try:
         with Progress(transient=True) as bar:
             task = bar.add_task("inserting keywords", total=None)
             message = push_artifact(artifact, uri, collection, replace=replace, batch=batch, token=token,
-                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (ArtifactError, PushRefused, IndexUnavailable) as exc:
-        typer.echo(f"hlm index push: {exc}", err=True)
+                                    index_type=index_type, nlist=nlist, pq_m=pq_m, progress=progress)
+    except (ArtifactError, PushRefused, IndexUnavailable, ValueError) as exc:
+        typer.echo(f"hlm index push: {str(exc).rstrip('.')}.", err=True)
         raise typer.Exit(2)
     typer.echo(message)
 
@@ -290,37 +307,78 @@ def index_push(
 def index_agreement(
     artifact: Path = typer.Argument(..., help="A verified artifact folder (pushed first if needed)."),
     uri: str = typer.Option(..., envvar="HLM_MILVUS_URI", help="Milvus URI."),
-    collection: str = typer.Option("hlm_keywords", envvar="HLM_MILVUS_COLLECTION"),
+    collection: str = typer.Option("hlm_keywords", envvar="HLM_MILVUS_COLLECTION",
+                                   help="The HNSW collection; another index type goes to COLLECTION_<type>."),
     queries: int = typer.Option(500, help="Real dev-split queries, encoded by the artifact's student (fp32)."),
     ef: list[int] = typer.Option([64], help="HNSW ef, the same for both backends (repeat for several)."),
+    index_type: list[str] = typer.Option(["HNSW"], "--index-type", help="Index types to measure, each in its own "
+                                         "collection (repeat for several). " + INDEX_TYPE_HELP),
+    nprobe: list[int] = typer.Option([], help="IVF lists searched (IVF_* types; repeat for several); default: "
+                                     "what the service uses (HLM_MILVUS_NPROBE's default)."),
+    nlist: Optional[int] = typer.Option(None, min=1, help="IVF lists at build; default 4 x sqrt(keywords)."),
     out: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here."),
 ) -> None:
-    """Milvus' top-10 against exact search and against hnswlib, and its added latency per query."""
+    """Milvus' top-10 against exact search and against hnswlib, its time per query and build time, per index type."""
     import json
+    import platform
+    import time as _time
 
     from artifact.manifest import verify
     from benchmarks.index_bench import query_vectors
     from retrieval.hnsw import HnswIndex
-    from retrieval.milvus import MilvusIndex, measure_agreement, push_artifact, read_artifact_keywords
+    from retrieval.milvus import INDEX_TYPES, MilvusIndex, PushRefused, measure_agreement, push_artifact, read_artifact_keywords
 
+    kinds = [k.upper() for k in index_type]
+    unknown = [k for k in kinds if k not in INDEX_TYPES]
+    if unknown:
+        typer.echo(f"hlm index agreement: unknown --index-type {', '.join(unknown)}; choose among {', '.join(INDEX_TYPES)}.", err=True)
+        raise typer.Exit(2)
     manifest = verify(artifact)
-    typer.echo(push_artifact(artifact, uri, collection))
     idx = manifest["index"]
     ids, _, vectors = read_artifact_keywords(artifact, manifest)
-    milvus = MilvusIndex(uri, collection, dim=int(idx["dim"]), artifact_sha256=manifest["artifact_sha256"], ef=int(idx["ef"]))
-    milvus.verify()
     hnsw = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx["ef"]))
     q, _ = query_vectors(artifact, "student", queries, None)
-    rows = measure_agreement(milvus, hnsw, ids, vectors, q, efs=ef)
-    typer.echo("| ef | queries | recall@10 Milvus | recall@10 hnswlib | overlap@10 Milvus/hnswlib | ms/query Milvus | ms/query hnswlib | added ms |")
-    typer.echo("|---|---|---|---|---|---|---|---|")
+    rows, refused = [], []
+    for kind in kinds:
+        name = collection if kind == "HNSW" else f"{collection}_{kind.lower()}"
+        timings: dict = {}
+        t0 = _time.perf_counter()
+        try:
+            typer.echo(push_artifact(artifact, uri, name, index_type=kind, nlist=nlist, timings=timings))
+        except PushRefused as exc:
+            typer.echo(f"{kind}: {exc}")
+            refused.append({"index_type": kind, "refused": str(exc)})
+            continue
+        push_s = _time.perf_counter() - t0 if timings else None
+        milvus = MilvusIndex(uri, name, dim=int(idx["dim"]), artifact_sha256=manifest["artifact_sha256"], ef=int(idx["ef"]))
+        milvus.verify()
+        search = INDEX_TYPES[kind]["search"]
+        for probe in (nprobe or [milvus.nprobe]) if search == "nprobe" else [None]:
+            if probe is not None:
+                milvus.nprobe = probe
+            for r in measure_agreement(milvus, hnsw, ids, vectors, q, efs=ef if probe is None else ef[:1]):
+                rows.append({"index_type": kind, "collection": name, "build_params": milvus.index_params,
+                             "search": {search: probe if probe is not None else r["ef"]},
+                             "push_s": push_s, "index_build_s": timings.get("index_s"), **r})
+        milvus.close()
+    typer.echo("| index | build params | search | queries | recall@10 Milvus | recall@10 hnswlib | overlap@10 Milvus/hnswlib "
+               "| ms/query Milvus | ms/query hnswlib | added ms | index build s | push s |")
+    typer.echo("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        typer.echo(f"| {r['ef']} | {r['queries']} | {r['recall_milvus']:.3f} | {r['recall_hnswlib']:.3f} | "
-                   f"{r['overlap_milvus_hnswlib']:.3f} | {r['ms_per_query_milvus']:.2f} | {r['ms_per_query_hnswlib']:.3f} | "
-                   f"{r['added_ms_per_query']:.2f} |")
+        built = "-" if r["index_build_s"] is None else f"{r['index_build_s']:.1f}"
+        pushed = "-" if r["push_s"] is None else f"{r['push_s']:.1f}"
+        params = ", ".join(f"{k} {v}" for k, v in sorted(r["build_params"].items()))
+        search = ", ".join(f"{k} {v}" for k, v in r["search"].items())
+        typer.echo(f"| {r['index_type']} | {params} | {search} | {r['queries']} | {r['recall_milvus']:.3f} | "
+                   f"{r['recall_hnswlib']:.3f} | {r['overlap_milvus_hnswlib']:.3f} | {r['ms_per_query_milvus']:.2f} | "
+                   f"{r['ms_per_query_hnswlib']:.3f} | {r['added_ms_per_query']:.2f} | {built} | {pushed} |")
+    for r in refused:
+        typer.echo(f"| {r['index_type']} | refused: {r['refused']} |")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"artifact": str(artifact), "uri": uri, "rows": rows}, indent=2) + "\n")
+        out.write_text(json.dumps({"artifact": str(artifact), "uri": uri, "machine": platform.node(),
+                                   "date_utc": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+                                   "rows": rows, "refused": refused}, indent=2) + "\n")
 
 
 

@@ -14,7 +14,7 @@ One collection holds one artifact's keywords::
 
 Filters run on a scalar array of typed keys, ``["source","s","hd"]`` (name, type, value as
 canonical JSON), not on JSON paths, for three reasons: equality then means exactly what it
-means in the hnswlib backend (``retrieval.keyword_table.value_key``: True is not 1, 1 is 1.0, "1" is
+means in the hnswlib backend (``retrieval.hnsw.value_key``: True is not 1, 1 is 1.0, "1" is
 not 1; comparing JSON paths, milvus-lite takes True == 1); live upserts may bring attribute
 names no schema knew, which an array takes without a schema change (one scalar field per
 attribute would need one); and each attribute of a filter is one ``array_contains_any``, which
@@ -51,6 +51,10 @@ DIM_PROPERTY = "hlm.dim"
 # "loading" while `hlm index push` inserts, "complete" once every vector is in and indexed: a
 # push killed half-way leaves a collection the service refuses and the next push redoes.
 STATE_PROPERTY = "hlm.state"
+# The vector index `hlm index push` asked for, as JSON {"index_type", "params"}: Milvus'
+# describe_index does not always return the build parameters (milvus-lite drops them), and an
+# IVF index's default nprobe follows its nlist.
+INDEX_PROPERTY = "hlm.index"
 DEFAULT_COLLECTION = "hlm_keywords"
 ID_MAX = 512
 TEXT_MAX = 65535  # VARCHAR's ceiling (bytes); max_length costs no storage
@@ -154,7 +158,7 @@ def quote(value: str) -> str:
 
 def attribute_key(name: Any, value: Any) -> str:
     """The typed key of one attribute value: ``["name","s","hd"]``; the equality of the hnswlib
-    backend (``retrieval.keyword_table.value_key``): a boolean is not a number, 1 and 1.0 are one number."""
+    backend (``retrieval.hnsw.value_key``): a boolean is not a number, 1 and 1.0 are one number."""
     if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
         raise ValueError(f"attribute name {name!r} must be a non-empty string of at most {MAX_ATTRIBUTE_NAME} characters")
     if isinstance(value, bool):  # before int: bool is an int in Python
@@ -358,11 +362,20 @@ class MilvusIndex:
         try:
             names = self.client.list_indexes(self.collection, field_name="vector", timeout=START_CALL_S)
             desc = self.client.describe_index(self.collection, names[0], timeout=START_CALL_S) if names else {}
+            props, _ = self.properties(timeout_s=START_CALL_S)
         except self._errors as exc:
             raise MilvusUnreachable(f"Milvus at {self.uri} does not answer ({_reason(exc)}).") from None
+        except IndexUnavailable as exc:
+            raise MilvusUnreachable(str(exc)) from None
         kind = str(desc.get("index_type") or DEFAULT_INDEX_TYPE).upper()
-        params = desc.get("params") if isinstance(desc.get("params"), dict) else {}
-        params = {k: v for k, v in {**desc, **params}.items() if k in ("M", "efConstruction", "nlist", "m", "nbits")}
+        try:
+            pushed = json.loads(props.get(INDEX_PROPERTY) or "{}")
+        except ValueError:
+            pushed = {}
+        params = pushed.get("params") if pushed.get("index_type") == kind and isinstance(pushed.get("params"), dict) else {}
+        if not params:
+            given = desc.get("params") if isinstance(desc.get("params"), dict) else {}
+            params = {k: v for k, v in {**desc, **given}.items() if k in ("M", "efConstruction", "nlist", "m", "nbits", "sq_type")}
         return kind, params
 
     def _default_nprobe(self) -> int:
@@ -435,8 +448,8 @@ class MilvusIndex:
         rows = self._call(self.client.query, self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def properties(self) -> tuple[dict[str, str], dict]:
-        desc = self._call(self.client.describe_collection, self.collection)
+    def properties(self, timeout_s: Optional[float] = None) -> tuple[dict[str, str], dict]:
+        desc = self._call(self.client.describe_collection, self.collection, timeout=timeout_s or self.timeout_s)
         return dict(desc.get("properties") or {}), desc
 
     def verify(self) -> None:
@@ -577,7 +590,7 @@ def read_artifact_keywords(root: Path, manifest: dict) -> tuple[list[str], list[
 def read_artifact_attributes(root: Path, manifest: dict, ids: Sequence[str]) -> list[dict]:
     """The artifact's attributes file when its manifest names one, else what the build derives
     from each id (its source), as the hnswlib backend reads them."""
-    from retrieval.keyword_table import build_attributes, read_attributes
+    from retrieval.hnsw import build_attributes, read_attributes
 
     path = (manifest.get("index") or {}).get("attributes")
     return read_attributes(root / path, len(ids)) if path else [build_attributes(i) for i in ids]
@@ -715,7 +728,8 @@ def push_keywords(keywords: Callable[[], tuple[list[str], list[str], np.ndarray,
             client.drop_collection(collection)
         ids, texts, vectors, attrs = keywords()
         params = index_build_params(kind, len(ids), dim, M=M, ef_construction=ef_construction, nlist=nlist, pq_m=pq_m)
-        properties = {SHA_PROPERTY: sha, DIM_PROPERTY: str(dim), STATE_PROPERTY: "loading"}
+        properties = {SHA_PROPERTY: sha, DIM_PROPERTY: str(dim), STATE_PROPERTY: "loading",
+                      INDEX_PROPERTY: json.dumps({"index_type": kind, "params": params}, sort_keys=True)}
         client.create_collection(collection, schema=_schema(pymilvus, dim), properties=properties,
                                  description=f"hlm keywords of artifact {sha}")
         done, t0 = 0, time.perf_counter()

@@ -396,7 +396,10 @@ class _ReleasedOnce:
         return ["vector"]
 
     def describe_index(self, name, index_name, timeout=None):
-        return {"index_type": "HNSW", "M": "32", "efConstruction": "200"}
+        return {"index_type": "HNSW"}
+
+    def describe_collection(self, name, timeout=None):
+        return {"properties": {}}
 
     def load_collection(self, name, timeout=None):
         self.load_timeouts.append(timeout)
