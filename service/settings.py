@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     milvus_nprobe: Optional[int] = Field(
         None, ge=1, le=65536,
         description="IVF lists searched on a collection pushed with an IVF index type (`hlm index push --index-type "
-        "IVF_SQ8`); default 1/16 of its nlist, at least 8. HNSW collections use ef instead.")
+        "IVF_SQ8`); default 1/8 of its nlist, at least 8. HNSW collections use ef instead.")
 
     # Micro-batching, one worker per encoder.
     max_batch: int = Field(16, ge=1, le=1024, description="Most queries one student batch holds.")

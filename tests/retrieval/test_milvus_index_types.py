@@ -68,7 +68,7 @@ def test_an_ivf_collection_is_searched_with_nprobe(lite_server, artifact, manife
     finally:
         index.close()
     default = MilvusIndex(lite_server.uri, "ivf_flat", dim=768, artifact_sha256=manifest["artifact_sha256"])
-    assert default.nprobe == 8  # HLM_MILVUS_NPROBE's default: nlist / 16, at least 8
+    assert default.nprobe == 11  # HLM_MILVUS_NPROBE's default: nlist / 8, at least 8
     default.close()
 
 
