@@ -352,6 +352,8 @@ class MilvusIndex:
                 self._log.info("Milvus: %s loaded in %.1f s", where, now - t0)
                 return now - t0
             last = state + ("" if progress is None else f", {progress}%")
+            if state == "NotExist":  # dropped meanwhile (a push --replace)
+                raise MilvusNotLoaded(f"Milvus no longer has {where}; run `hlm index push` again.")
             failure = request.failure()
             if failure is not None and state == "NotLoad":
                 if not _transient(failure):  # Milvus answered that it cannot load it

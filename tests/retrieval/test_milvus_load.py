@@ -127,3 +127,17 @@ def test_the_service_refuses_with_the_sentence(server, fast_log, small_artifact)
     served = open_index(settings.model_copy(update={"milvus_load_timeout_s": 600.0}), manifest, small_artifact, 64)
     assert served.ready and len(served) == N
     served.close()
+
+
+def test_a_collection_dropped_while_waiting_is_said_at_once(server, small_artifact):
+    from retrieval.milvus import connect, push_artifact
+
+    push_artifact(small_artifact, server.uri, "gone")
+    index = MilvusIndex(server.uri, "gone", dim=DIM, artifact_sha256=None, timeout_s=5.0)
+    client = connect(server.uri, timeout_s=60)
+    client.drop_collection("gone", timeout=60)  # a `hlm index push --replace` elsewhere
+    client.close()
+    with pytest.raises(MilvusNotLoaded, match="no longer has collection 'gone'.*hlm index push") as caught:
+        index.wait_loaded(20)  # said at once, not after 20 s of waiting for a collection that is not there
+    assert "\n" not in str(caught.value)
+    index.close()
