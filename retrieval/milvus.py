@@ -16,7 +16,7 @@ One collection holds one artifact's keywords::
 
 Filters run on a scalar array of typed keys, ``["source","s","hd"]`` (name, type, value as
 canonical JSON), not on JSON paths, for three reasons: equality then means exactly what it
-means in the hnswlib backend (``retrieval.hnsw.value_key``: True is not 1, 1 is 1.0, "1" is
+means in the hnswlib backend (``retrieval.keyword_table.value_key``: True is not 1, 1 is 1.0, "1" is
 not 1; comparing JSON paths, milvus-lite takes True == 1); live upserts may bring attribute
 names no schema knew, which an array takes without a schema change (one scalar field per
 attribute would need one); and each attribute of a filter is one ``array_contains_any``, which
@@ -166,7 +166,7 @@ def quote(value: str) -> str:
 
 def attribute_key(name: Any, value: Any) -> str:
     """The typed key of one attribute value: ``["name","s","hd"]``; the equality of the hnswlib
-    backend (``retrieval.hnsw.value_key``): a boolean is not a number, 1 and 1.0 are one number."""
+    backend (``retrieval.keyword_table.value_key``): a boolean is not a number, 1 and 1.0 are one number."""
     if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
         raise ValueError(f"attribute name {name!r} must be a non-empty string of at most {MAX_ATTRIBUTE_NAME} characters")
     if isinstance(value, bool):  # before int: bool is an int in Python
@@ -601,7 +601,7 @@ def read_artifact_keywords(root: Path, manifest: dict) -> tuple[list[str], list[
 def read_artifact_attributes(root: Path, manifest: dict, ids: Sequence[str]) -> list[dict]:
     """The artifact's attributes file when its manifest names one, else what the build derives
     from each id (its source), as the hnswlib backend reads them."""
-    from retrieval.hnsw import build_attributes, read_attributes
+    from retrieval.keyword_table import build_attributes, read_attributes
 
     path = (manifest.get("index") or {}).get("attributes")
     return read_attributes(root / path, len(ids)) if path else [build_attributes(i) for i in ids]
