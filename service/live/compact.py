@@ -5,9 +5,12 @@ latest snapshot, then the log's whole records after it, again if a snapshot came
 (``read_state``); a record being written right now reads as a torn tail and is left for the
 next compaction (replaying the state onto the new
 artifact is idempotent, so nothing is lost either way). The new artifact has the artifact's
-keywords minus the deleted and replaced ones, plus the live upserts, a fresh hnsw graph
-(``retrieval.hnsw.build_hnsw``), the attributes of every keyword (``index/attributes.jsonl``)
-and its own manifest, written by ``artifact.manifest.staged_folder`` (all or nothing).
+keywords minus the deleted and replaced ones, plus the live upserts, a fresh index of the
+artifact's kind (an hnsw graph, ``retrieval.hnsw.build_hnsw``, or a compressed faiss index
+with the same factory, ``retrieval.compressed.build_compressed``), a fresh BM25 index when the
+artifact carries one (``retrieval.lexical``: it must hold the same rows as the store), the
+attributes of every keyword (``index/attributes.jsonl``) and its own manifest, written by
+``artifact.manifest.staged_folder`` (all or nothing).
 """
 
 from __future__ import annotations
@@ -90,14 +93,25 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _open(artifact: Path, idx: dict):
+    """The artifact's own index (read-only here), of whichever kind it holds."""
+    attributes = artifact / idx["attributes"] if idx.get("attributes") else None
+    if idx.get("library") == "faiss":
+        from retrieval.compressed import CompressedIndex  # faiss loads only for an artifact that needs it
+
+        return CompressedIndex(artifact / idx["path"], artifact / idx["vectors"], artifact / idx["store"],
+                               int(idx["dim"]), int(idx.get("ef") or 64), int(idx["nprobe"]), attributes_path=attributes)
+    return HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
+                     attributes_path=attributes)
+
+
 def compact(artifact: Path, state_dir: Path, out: Path, threads: int = 2) -> dict[str, Any]:
     manifest = verify(artifact)
     idx = manifest["index"]
     teacher = manifest["encoders"]["teacher"]
     teacher_sha = manifest["files"][teacher["onnx"]]["sha256"]
     live = read_state(Path(state_dir))
-    index = HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
-                      attributes_path=artifact / idx["attributes"] if idx.get("attributes") else None)
+    index = _open(artifact, idx)
     rows = [(kid, text, attrs) for kid, text, attrs in index.keywords()
             if kid not in live.deletes and kid not in live.upserts]
     base = index.vectors_of([kid for kid, _, _ in rows])
@@ -113,17 +127,30 @@ def compact(artifact: Path, state_dir: Path, out: Path, threads: int = 2) -> dic
     texts = [r[1] for r in rows] + [live.upserts[k].text for k in new_ids]
     attributes = [r[2] for r in rows] + [live.upserts[k].attributes for k in new_ids]
 
+    lexical = manifest.get("lexical")
     with staged_folder(out) as tmp:
-        index_files = {idx["path"], idx["store"], idx.get("attributes"), MANIFEST_NAME}
+        rebuilt = {idx["path"], idx["store"], idx.get("attributes"), idx.get("vectors"), MANIFEST_NAME}
         for rel in manifest["files"]:
-            if rel not in index_files:
+            if rel not in rebuilt and not (lexical and rel.startswith(lexical["path"] + "/")):
                 _place(artifact / rel, tmp / rel)
         (tmp / idx["path"]).parent.mkdir(parents=True, exist_ok=True)
         write_store(tmp / idx["store"], ids, texts)
         write_attributes(tmp / ATTRIBUTES_PATH, attributes)
-        build_hnsw(vectors, tmp / idx["path"], int(idx["M"]), int(idx["ef_construction"]), threads=threads)
         new_manifest = {key: value for key, value in manifest.items() if key not in ("files", "artifact_sha256")}
         new_manifest["index"] = dict(idx, count=len(ids), attributes=ATTRIBUTES_PATH)
+        if idx.get("library") == "faiss":
+            from retrieval.compressed import build_compressed
+
+            if (tmp / idx["vectors"]).parent != (tmp / idx["path"]).parent:
+                raise ValueError("the compressed index's vectors must sit beside its faiss file")
+            new_manifest["index"].update(build_compressed(vectors, (tmp / idx["path"]).parent, idx["factory"],
+                                                          threads=threads))
+        else:
+            build_hnsw(vectors, tmp / idx["path"], int(idx["M"]), int(idx["ef_construction"]), threads=threads)
+        if lexical:  # the BM25 index must hold the store's rows, in its order
+            from retrieval.lexical import build_lexical
+
+            new_manifest["lexical"] = dict(lexical, **build_lexical(texts, tmp / lexical["path"]))
         new_manifest["live"] = {"folded_sequence": live.sequence, "from_artifact_sha256": manifest["artifact_sha256"],
                                 "upserts": len(new_ids), "deletes": len(live.deletes), "state_dir": str(state_dir)}
         written = write_manifest(tmp, new_manifest)
