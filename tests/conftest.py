@@ -140,6 +140,12 @@ def unservable_artifact(tmp_path_factory, data_dir, student_checkpoint) -> Path:
 STATIC_GATE_SHARE = 0.9
 
 
+@pytest.fixture(scope="session")
+def static_gate_share() -> float:
+    """STATIC_GATE_SHARE for tests (``from conftest import`` would find another conftest.py first)."""
+    return STATIC_GATE_SHARE
+
+
 def fresh_distill_cache(root: Path) -> Path:
     """A cache folder sharing the real cache's teacher vectors, teacher model, ONNX exports and
     token rows (links), with an empty ``distill``: a build there trains its student anew."""

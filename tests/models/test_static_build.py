@@ -86,9 +86,8 @@ def scored(static_artifact, data_dir):
             "queries": len(gate_queries)}
 
 
-def test_the_build_trains_the_static_student_and_the_gate_marks_it_servable(static_artifact, command_log):
-    from conftest import STATIC_GATE_SHARE
-
+def test_the_build_trains_the_static_student_and_the_gate_marks_it_servable(static_artifact, command_log,
+                                                                            static_gate_share):
     manifest = verify(static_artifact)
     student = manifest["encoders"]["student"]
     # What ships is phase 3's checkpoint (the build trained phase 2, then phase 3 from it).
@@ -97,7 +96,7 @@ def test_the_build_trains_the_static_student_and_the_gate_marks_it_servable(stat
     assert student["base_model"] == "sentence-transformers/all-mpnet-base-v2"
     gate = manifest["gate"]
     assert gate["passed"] and manifest["servable"] and not gate["overridden"], gate
-    assert gate["required"] == STATIC_GATE_SHARE and gate["ratio"] >= STATIC_GATE_SHARE
+    assert gate["required"] == static_gate_share and gate["ratio"] >= static_gate_share
     log = command_log(static_artifact)
     # Both phases ran in this build (a fresh distillation cache), phase 3 from phase 2.
     assert "distill static" in log and "/phase2" in log.split("[distill] starting from")[1].splitlines()[0], log[-3000:]

@@ -44,8 +44,8 @@ def paused(monkeypatch):
     started, proceed = threading.Event(), threading.Event()
     real = service.reload.load_manifest
 
-    def wrapper(settings, root):
-        manifest = real(settings, root)
+    def wrapper(settings, root, *rest):
+        manifest = real(settings, root, *rest)
         started.set()
         assert proceed.wait(120), "the test never let the reload go on"
         return manifest

@@ -136,7 +136,7 @@ def test_the_edge_refuses_past_the_limit_and_releases_on_answer_failure_and_disc
         batcher = Batcher("student", lambda jobs: [None for _ in jobs], max_batch=1, metrics=metrics)
         batcher.start(asyncio.get_running_loop())
         limit = ConcurrencyLimit("student", 0.015, fixed=1, metrics=metrics)
-        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=batcher, limit=limit)},
+        state.runtime = SimpleNamespace(slots={"student": SimpleNamespace(batcher=batcher, limit=limit, inline=False)},
                                         manifest={"encoders": {"student": {"model": "s"}}})
         state.phase = Phase.READY
         edge = EdgeMiddleware(inner, metrics=metrics, state=state, max_body_bytes=1000, known_paths={"/v1/search"})

@@ -215,7 +215,7 @@ def test_an_artifact_built_before_the_judgments_says_so(start_server, static_art
             os.link(path, old / path.relative_to(static_artifact))
     manifest = json.loads((static_artifact / "manifest.json").read_text())
     del manifest["judgments"], manifest["files"][PATH]
-    manifest["artifact_sha256"] = artifact_hash(manifest["files"])
+    manifest["artifact_sha256"] = artifact_hash(manifest["files"], manifest)
     (old / "manifest.json").write_text(json.dumps(manifest))
     srv = start_server(old, shadow_rate=0)
     srv.wait_for("/readyz")
