@@ -14,6 +14,8 @@
 #                     if present; empty: none)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   passed on as build arguments when set
 #   SKIP_BUILD=1      run an already built IMAGE
+#   BUILD_ONLY=1      build IMAGE and stop (no artifact needed): fills the layer cache, so a
+#                     later smoke run's build is a cache hit (scripts/test.sh starts one early)
 #   PORT              host port on 127.0.0.1 (default: a free one)
 #   READY_TIMEOUT     seconds to wait for /readyz (default 300)
 set -euo pipefail
@@ -42,7 +44,7 @@ else
     die "neither podman nor docker is installed"
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is needed on the host to send the queries"
-[[ -f "$ARTIFACT/manifest.json" ]] || die "no artifact at $ARTIFACT (manifest.json missing); build one with: hlm build --profile small"
+[[ "${BUILD_ONLY:-0}" == 1 || -f "$ARTIFACT/manifest.json" ]] || die "no artifact at $ARTIFACT (manifest.json missing); build one with: hlm build --profile small"
 
 # Explicit limits: rootful podman otherwise asks for 1048576 open files and processes,
 # which sandboxed hosts refuse ("error setting rlimit ... operation not permitted").
@@ -83,6 +85,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     fi
     say "built in $(( SECONDS - t_build )) s"
 fi
+if [[ "${BUILD_ONLY:-0}" == 1 ]]; then say "built $IMAGE (BUILD_ONLY: not run)"; exit 0; fi
 "$engine" image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE does not exist"
 image_bytes="$("$engine" image inspect --format '{{.Size}}' "$IMAGE")"
 

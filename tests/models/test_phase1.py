@@ -52,8 +52,8 @@ def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path):
     queries, positives = pairs
     titles = [p[0] for p in positives]
     before = _batch_loss(load_teacher(), queries, titles)
-    config = Phase1Config(out=str(tmp_path / "p1"), lr=1e-4, batch_size=16, max_steps=2, checkpoint_every=1,
-                          warmup_share=0.0, threads=1)
+    config = Phase1Config(out=str(tmp_path / "p1"), lr=1e-4, batch_size=8, max_steps=2, checkpoint_every=1,
+                          warmup_share=0.0, threads=2)
     finetune_teacher(config, pairs)
     assert json.loads((tmp_path / "p1" / "info.json").read_text())["step"] == 2
     config.max_steps = 4  # a longer budget: resumes from step 2, does not start over
@@ -71,11 +71,11 @@ def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path):
     assert torch.equal(student.transformer.state_dict()[first], tuned.transformer.state_dict()[first])
     assert not torch.equal(student.transformer.state_dict()[first], load_teacher().transformer.state_dict()[first])
 
-    verdict = judge(folder, threads=1, other_titles=50, queries_limit=12)
+    verdict = judge(folder, threads=2, other_titles=50, queries_limit=12)
     assert verdict["queries"] == 12 and verdict["titles"] >= 12 + 50
     assert verdict["adopt"] == (verdict["finetuned"]["ndcg_at_10"] > verdict["original"]["ndcg_at_10"])
     saved = (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns
-    assert judge(folder, threads=1, other_titles=50, queries_limit=12) == verdict
+    assert judge(folder, threads=2, other_titles=50, queries_limit=12) == verdict
     assert (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns == saved  # read back, not redone
 
 
