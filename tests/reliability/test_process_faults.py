@@ -233,9 +233,9 @@ def test_a_second_workers_instance_on_the_same_port_exits_2(start_server, small_
 
 
 def test_a_second_instance_is_refused_while_the_first_is_still_loading(start_server, small_artifact):
-    # The first one's workers wait 40 s before warming up: nothing listens on the port yet. (A
-    # refusal takes seconds; the first cannot stop before its delay ends, so longer costs CI time.)
-    first = start_server(artifact=small_artifact, workers=2, warmup_delay_s=40)
+    # The first one's workers wait 20 s before warming up: nothing listens on the port yet. (A
+    # refusal takes 2-3 s; the first cannot stop before its delay ends, so longer costs CI time.)
+    first = start_server(artifact=small_artifact, workers=2, warmup_delay_s=20)
     wait_until(lambda: "workers on http://" in first.log(), "the first supervisor up")
     second = hlm_serve(first.port, small_artifact, "--workers", "2")
     out = (second.stdout + second.stderr).strip()
