@@ -53,12 +53,21 @@ def default_factory(rows: int) -> str:
     return f"IVF{lists},PQ96x4fs"
 
 
+def _enough_to_train(factory: str, dim: int, train_rows: int) -> int:
+    """At least 40 training points an inverted list: faiss' k-means wants 39 a centroid (at 10M
+    keywords, IVF8192, the 200,000 default was 24 a list and faiss warned)."""
+    lists = faiss.extract_index_ivf(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)).nlist
+    return max(train_rows, 40 * int(lists))
+
+
 def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] = None, *, train_rows: int = 200_000,
                      threads: int = 2, seed: int = 100) -> dict[str, Any]:
     """Train and fill the index over ``vectors`` (L2-normalised, row = label) and write
     ``keywords.faiss`` and ``vectors.f16`` into ``folder``; returns the manifest's index fields."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows = len(vectors)
+    factory = factory or default_factory(rows)
+    train_rows = _enough_to_train(factory, vectors.shape[1], train_rows)
     sample = vectors
     if rows > train_rows:  # a fixed seed keeps the artifact's checksum reproducible
         sample = vectors[np.sort(np.random.default_rng(seed).choice(rows, train_rows, replace=False))]
@@ -73,6 +82,7 @@ def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: in
     when no training ``sample`` is given: once for the first ``train_rows`` as the sample), so a
     keyword set larger than RAM as float32 (10M x 768 = 31 GB) is built streaming."""
     factory = factory or default_factory(rows)
+    train_rows = _enough_to_train(factory, dim, train_rows)
     faiss.omp_set_num_threads(threads)
     if sample is None:
         parts, have = [], 0
