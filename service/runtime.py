@@ -22,6 +22,7 @@ import numpy as np
 from artifact.manifest import ArtifactError, encoder_model
 from retrieval.base import Hit, IndexUnavailable, SearchParams
 from retrieval.hnsw import HnswIndex
+from retrieval.local_index import open_local_index
 from retrieval.onnx_encoder import OnnxEncoder
 from service.batcher import Batcher, Job, join_answers, split_texts, token_counter
 from service.concurrency import ConcurrencyLimit
@@ -43,16 +44,9 @@ INDEX_PROBE_S = 2.0  # how often a remote index (Milvus) is asked whether it ans
 def open_index(settings: Settings, manifest: dict[str, Any], root: Path, ef: int):
     """The keyword index the settings name: the artifact's hnswlib graph, or its Milvus collection."""
     idx = manifest["index"]
-    if settings.index_backend != "milvus" and idx.get("library") == "faiss":
-        from retrieval.compressed import CompressedIndex  # faiss loads only for an artifact that needs it
-
-        return CompressedIndex(root / idx["path"], root / idx["vectors"], root / idx["store"], int(idx["dim"]), ef,
-                               int(idx["nprobe"]),
-                               attributes_path=root / idx["attributes"] if idx.get("attributes") else None)
     if settings.index_backend != "milvus":
-        return HnswIndex(root / idx["path"], root / idx["store"], int(idx["dim"]), ef,
-                         attributes_path=root / idx["attributes"] if idx.get("attributes") else None,
-                         double_buffer=settings.state_dir is not None and settings.index_double_buffer)
+        return open_local_index(root, idx, ef,
+                                double_buffer=settings.state_dir is not None and settings.index_double_buffer)
     from retrieval.milvus import MilvusIndex  # pymilvus is the optional extra "scale"
 
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""

@@ -24,8 +24,9 @@ import numpy as np
 
 from artifact.manifest import MANIFEST_NAME, staged_folder, verify, write_manifest
 from artifact.store import write_store
-from retrieval.hnsw import HnswIndex, build_hnsw
+from retrieval.hnsw import build_hnsw
 from retrieval.keyword_table import write_attributes
+from retrieval.local_index import open_local_index
 from retrieval.onnx_encoder import OnnxEncoder
 from service.live.keywords import encode_texts
 from service.live.liveset import LiveSet
@@ -93,25 +94,13 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _open(artifact: Path, idx: dict):
-    """The artifact's own index (read-only here), of whichever kind it holds."""
-    attributes = artifact / idx["attributes"] if idx.get("attributes") else None
-    if idx.get("library") == "faiss":
-        from retrieval.compressed import CompressedIndex  # faiss loads only for an artifact that needs it
-
-        return CompressedIndex(artifact / idx["path"], artifact / idx["vectors"], artifact / idx["store"],
-                               int(idx["dim"]), int(idx.get("ef") or 64), int(idx["nprobe"]), attributes_path=attributes)
-    return HnswIndex(artifact / idx["path"], artifact / idx["store"], int(idx["dim"]), int(idx.get("ef") or 64),
-                     attributes_path=attributes)
-
-
 def compact(artifact: Path, state_dir: Path, out: Path, threads: int = 2) -> dict[str, Any]:
     manifest = verify(artifact)
     idx = manifest["index"]
     teacher = manifest["encoders"]["teacher"]
     teacher_sha = manifest["files"][teacher["onnx"]]["sha256"]
     live = read_state(Path(state_dir))
-    index = _open(artifact, idx)
+    index = open_local_index(artifact, idx, int(idx.get("ef") or 64))
     rows = [(kid, text, attrs) for kid, text, attrs in index.keywords()
             if kid not in live.deletes and kid not in live.upserts]
     base = index.vectors_of([kid for kid, _, _ in rows])
