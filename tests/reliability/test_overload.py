@@ -4,9 +4,11 @@ offered several times what it sustains for a few seconds, open loop.
 The process stays up; every request is either answered 200 with a correct body or refused
 with 429 and an integer Retry-After; the server counts exactly the refusals the client saw
 (by reason); nothing is left queued afterwards and service is normal. Nothing here is a
-stopwatch: latencies and rates are printed for the record (docs/RELIABILITY.md has the
-figures and the benchmark commands), and the only rate used, the sustainable one, is
-measured first so that the offered load is an overload on any machine.
+stopwatch on the client: latencies and rates are printed for the record (docs/RELIABILITY.md
+has the figures and the benchmark commands), and the only rate used, the sustainable one, is
+measured first so that the offered load is an overload on any machine. Two bounds are
+asserted with wide slack: the server's own p99 of accepted requests within 5x the teacher's
+objective, and RSS flat within 64 MB.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .conftest import rss_mb
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 # Every 429 reason of an overloaded encoder: the batcher's and the edge's in-flight limit.
 OVERLOAD_REASONS = ("budget", "client_share", "queue_full", "concurrency")
+TEACHER_SLO_S = 0.1  # HLM_TEACHER_SLO_MS of the server below (its default)
 
 QUERIES = ["cordless drill", "garden hose 50 ft", "led light bulbs", "wood screws", "paint roller", "ceiling fan",
            "vinyl flooring", "kitchen faucet", "door knob", "extension cord"]
@@ -115,7 +118,7 @@ def server_p99(before: dict, after: dict, status: str) -> float:
 @pytest.fixture(scope="module")
 def tserver(start_server):
     """Teacher batches of one, so it saturates at a few tens of requests/s here; default bounds."""
-    srv = start_server(teacher_max_batch=1)
+    srv = start_server(teacher_max_batch=1, teacher_slo_ms=TEACHER_SLO_S * 1000)
     srv.wait_for("/readyz")
     return srv
 
@@ -149,6 +152,13 @@ def test_teacher_at_three_times_its_rate_sheds_load_and_recovers(tserver):
           f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")
 
     assert rserver.proc.poll() is None
+    # What admission promises under overload, from the server's own histogram: an accepted
+    # request waits no longer than the teacher's objective allows (HLM_TEACHER_SLO_MS, 100 ms;
+    # ~100 ms seen on loaded machines), so its p99 stays in the 0.5 s bucket with 5x slack for
+    # a noisy CI machine; without a time bound the backlog at 3x grows to seconds (the 256-deep
+    # queue), which this fails. And the memory stays flat: nothing is kept per refused request.
+    assert server_ok <= TEACHER_SLO_S * 5, f"accepted p99 {server_ok * 1000:.0f} ms under 3x overload"
+    assert rss_after - rss_before < 64, f"RSS grew {rss_before:.0f} -> {rss_after:.0f} MB in 4 s of overload"
     assert not other, other[:5]  # no 5xx, no transport error: each request answered or refused
     assert refused, "nothing was refused at three times the measured sustainable rate"
     for _, _, _, retry_after, (_, body) in refused:
