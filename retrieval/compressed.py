@@ -53,11 +53,10 @@ def default_factory(rows: int) -> str:
     return f"IVF{lists},PQ96x4fs"
 
 
-def _enough_to_train(factory: str, dim: int, train_rows: int) -> int:
+def _enough_to_train(index: "faiss.Index", train_rows: int) -> int:
     """At least 40 training points an inverted list: faiss' k-means wants 39 a centroid (at 10M
     keywords, IVF8192, the 200,000 default was 24 a list and faiss warned)."""
-    lists = faiss.extract_index_ivf(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)).nlist
-    return max(train_rows, 40 * int(lists))
+    return max(train_rows, 40 * int(faiss.extract_index_ivf(index).nlist))
 
 
 def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] = None, *, train_rows: int = 200_000,
@@ -66,35 +65,39 @@ def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] =
     ``keywords.faiss`` and ``vectors.f16`` into ``folder``; returns the manifest's index fields."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows = len(vectors)
-    factory = factory or default_factory(rows)
-    train_rows = _enough_to_train(factory, vectors.shape[1], train_rows)
-    sample = vectors
-    if rows > train_rows:  # a fixed seed keeps the artifact's checksum reproducible
-        sample = vectors[np.sort(np.random.default_rng(seed).choice(rows, train_rows, replace=False))]
+
+    def sample(wanted: int) -> np.ndarray:
+        if rows <= wanted:
+            return vectors
+        # a fixed seed keeps the artifact's checksum reproducible
+        return vectors[np.sort(np.random.default_rng(seed).choice(rows, wanted, replace=False))]
+
     return build_compressed_chunks(lambda: iter([vectors]), rows, vectors.shape[1], folder, factory, sample=sample,
-                                   threads=threads, seed=seed)
+                                   train_rows=train_rows, threads=threads, seed=seed)
 
 
 def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: int, dim: int, folder: Path,
-                            factory: Optional[str] = None, *, sample: Optional[np.ndarray] = None,
+                            factory: Optional[str] = None, *, sample: Optional[Callable[[int], np.ndarray]] = None,
                             train_rows: int = 200_000, threads: int = 2, seed: int = 100) -> dict[str, Any]:
     """The same from a sequence of chunks (``chunks()`` yields them in label order; called twice
-    when no training ``sample`` is given: once for the first ``train_rows`` as the sample), so a
-    keyword set larger than RAM as float32 (10M x 768 = 31 GB) is built streaming."""
+    when no training ``sample(rows wanted)`` is given: once for the first rows as the sample), so
+    a keyword set larger than RAM as float32 (10M x 768 = 31 GB) is built streaming."""
     factory = factory or default_factory(rows)
-    train_rows = _enough_to_train(factory, dim, train_rows)
     faiss.omp_set_num_threads(threads)
-    if sample is None:
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    train_rows = _enough_to_train(index, train_rows)
+    if sample is not None:
+        training = sample(train_rows)
+    else:
         parts, have = [], 0
         for chunk in chunks():
             parts.append(np.asarray(chunk, dtype=np.float32)[: train_rows - have])
             have += len(parts[-1])
             if have >= train_rows:
                 break
-        sample = np.concatenate(parts)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        training = np.concatenate(parts)
     faiss.extract_index_ivf(index).cp.seed = seed
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.train(np.ascontiguousarray(training, dtype=np.float32))
     added = 0
     with open(Path(folder) / "vectors.f16", "wb") as out:
         for chunk in chunks():
