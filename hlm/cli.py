@@ -70,7 +70,7 @@ def distill(
     phases: str = typer.Option("2,3", help="Which phases to run, in order (1 = teacher fine-tune, 2 = L2 alignment, 3 = contrastive)."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint root; default runs/students/<student>."),
     minutes1: Optional[float] = typer.Option(None, help="Wall-clock guard of phase 1 (default: the full profile's, 45)."),
-    steps1: Optional[int] = typer.Option(None, help="Step budget of phase 1 (default: the full profile's, 140)."),
+    steps1: Optional[int] = typer.Option(None, help="Step budget of phase 1 (default: the full profile's, 560)."),
     teacher: Optional[Path] = typer.Option(None, help="Distil from this phase-1 teacher folder instead of the packaged teacher."),
     minutes2: Optional[float] = typer.Option(None, help="Wall-clock guard of phase 2 (default: the full profile's for the "
                                              "student's family: static 60, transformer 45)."),
