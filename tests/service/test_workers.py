@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -145,11 +146,36 @@ def test_a_worker_that_dies_is_replaced(two):
     assert f"worker {victim} died" in two.log()
 
 
-def test_reload_rolls_every_worker_onto_the_folder(two):
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+@pytest.fixture()
+def migrate_queued_connections():
+    """The host setting docs/RELIABILITY.md names for a roll without resets: a connection the
+    kernel queued for a stopping worker's SO_REUSEPORT socket goes to another worker instead
+    of being reset (Linux 5.14+). Set for this test, then restored."""
+    before = MIGRATE_REQ.read_text().strip() if MIGRATE_REQ.is_file() else None
+    if before is not None and before != "1":
+        try:
+            MIGRATE_REQ.write_text("1\n")
+        except OSError:
+            before = None  # not ours to change here: the roll may then see a reset
+    yield
+    if before is not None and before != "1":
+        MIGRATE_REQ.write_text(before + "\n")
+
+
+def test_reload_rolls_every_worker_onto_the_folder(two, migrate_queued_connections):
     """Served throughout the roll, under a steady load (three clients in a closed loop, a
-    fresh connection per request, so the kernel spreads them over the workers): every
-    request 200, at least 30 of them sent while the roll ran, and some answered by a new
-    worker before the roll was done (the roll happened under that load, not beside it)."""
+    fresh connection per search, so the kernel spreads them over the workers): every
+    search 200, at least 30 of them sent while the roll ran, and some answered by a new
+    worker before the roll was done (the roll happened under that load, not beside it).
+
+    The search is the first request on its connection; the worker's pid is asked second on
+    the same one. That second request may meet the keep-alive race any HTTP client must
+    handle (a stopping worker closes an idle connection as the client sends on it, CI saw a
+    ReadError once): it only tells which worker answered, so there it costs the pid, never
+    the search's verdict."""
     import threading
 
     old = worker_pids(two)
@@ -163,7 +189,12 @@ def test_reload_rolls_every_worker_onto_the_folder(two):
             try:
                 with httpx.Client(base_url=two.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
                     s = c.post("/v1/search", json={"query": ["patio table", "cordless drill", "paint"][(i + n) % 3]})
-                    pid = c.get("/v1/info").json()["process"]["pid"] if s.status_code == 200 else None
+                    pid = None
+                    if s.status_code == 200:
+                        try:
+                            pid = c.get("/v1/info").json()["process"]["pid"]
+                        except httpx.TransportError:
+                            pass  # the keep-alive race on the second request (see the docstring)
                 outcome = (s.status_code, pid)
             except httpx.HTTPError as exc:
                 outcome = (type(exc).__name__, None)
