@@ -72,15 +72,17 @@ def sweep(sides: dict[str, Callable[[np.ndarray], list[int]]], queries: np.ndarr
             seconds, found = time_queries(sides[name], queries)
             times[name].append(seconds)
             labels.setdefault(name, found)
-    return {name: {**{f"recall_at_10_{set_name}": round(recall(labels[name][rows], exact[rows]), 4)
-                      for set_name, rows in sets.items()},
-                   # the median round's mean (the figure of earlier sessions), and the tail
-                   # over every query of every round
-                   "us_per_query": round(1e6 * statistics.median(sum(t) for t in times[name]) / len(queries), 1),
-                   "p50_us": round(1e6 * float(np.percentile(np.concatenate(times[name]), 50)), 1),
-                   "p99_us": round(1e6 * float(np.percentile(np.concatenate(times[name]), 99)), 1),
-                   "rounds_us": [round(1e6 * sum(t) / len(queries), 1) for t in times[name]]}
-            for name in sides}
+    out = {}
+    for name in sides:
+        every = np.concatenate(times[name])  # every query of every round: the tail
+        p50, p99 = np.percentile(every, [50, 99])
+        out[name] = {**{f"recall_at_10_{set_name}": round(recall(labels[name][rows], exact[rows]), 4)
+                        for set_name, rows in sets.items()},
+                     # the median round's mean (the figure of earlier sessions)
+                     "us_per_query": round(1e6 * statistics.median(sum(t) for t in times[name]) / len(queries), 1),
+                     "p50_us": round(1e6 * float(p50), 1), "p99_us": round(1e6 * float(p99), 1),
+                     "rounds_us": [round(1e6 * sum(t) / len(queries), 1) for t in times[name]]}
+    return out
 
 
 def run_size(n: int, base: np.ndarray, manifest: dict, artifact: Path, queries: np.ndarray, work: Path, *,
