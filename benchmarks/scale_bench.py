@@ -4,7 +4,7 @@ Per size and index: recall@10 against exact search, microseconds per query (one 
 batch 1, the efs and indexes taking turns round by round: the median round's mean, and p50 /
 p99 over every query of every round), RAM and disk per keyword,
 build time. hnswlib is the artifact's graph (full vectors + links in RAM); "compressed" is
-``retrieval.compressed`` (faiss IVF + 4-bit PQ codes in RAM, float16 vectors memory-mapped for
+``retrieval.compressed`` (faiss IVF + 4-bit PQ codes in RAM, float32 vectors memory-mapped for
 the exact re-rank), timed through ``CompressedVectors.search_labels`` against hnswlib's own
 ``knn_query``: the search itself, no keyword table, on both sides.
 
@@ -125,11 +125,11 @@ def run_size(n: int, base: np.ndarray, manifest: dict, artifact: Path, queries: 
     fields = build_compressed_chunks(chunks, n, dim, folder, factory or default_factory(n), threads=threads)
     build_s = time.perf_counter() - t
     log(f"[{n}] compressed {fields['factory']} built in {build_s:.0f} s")
-    core = CompressedVectors(folder / "keywords.faiss", folder / "vectors.f16", n, dim, nprobes[0])
+    core = CompressedVectors(folder / "keywords.faiss", folder / "vectors.f32", n, dim, nprobes[0])
     row = {"n": n, "real": real, "compressed": {
         **fields, "build_s": round(build_s, 1), "ram_bytes_per_keyword": round(core.memory_bytes() / n, 1),
         "disk_bytes_per_keyword": round(((folder / "keywords.faiss").stat().st_size
-                                         + (folder / "vectors.f16").stat().st_size) / n, 1)}}
+                                         + (folder / "vectors.f32").stat().st_size) / n, 1)}}
 
     sides: dict[str, Callable] = {}
     for nprobe in nprobes:

@@ -31,7 +31,7 @@ def build(
     student: Optional[str] = typer.Option(None, help="Train this student instead of the profile's (static for demo "
                                           "and full; minilm-l6, minilm-l3, mpnet-l1 … mpnet-l4, static, static-head)."),
     index: Optional[str] = typer.Option(None, help="Keyword index: hnswlib (the default: a graph over the full "
-                                        "vectors in RAM) or compressed (faiss IVF + 4-bit PQ codes in RAM, float16 "
+                                        "vectors in RAM) or compressed (faiss IVF + 4-bit PQ codes in RAM, float32 "
                                         "vectors on disk for exact re-ranking; docs/SCALE.md)."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""

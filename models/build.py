@@ -223,12 +223,13 @@ def _hnsw_fields(profile: Profile) -> dict:
 
 def _build_compressed(profile: Profile, keyword_vectors: np.ndarray, stage: Path, threads: int) -> dict:
     """The compressed index (retrieval/compressed.py) and its manifest fields."""
-    from retrieval.compressed import build_compressed
+    from retrieval.compressed import build_compressed, default_nprobe
 
     made = build_compressed(keyword_vectors, stage / "index", profile.index_factory, threads=threads)
-    print(f"  compressed index {made['factory']}: {made['code_bytes']} B of code a keyword, {made['lists']} lists")
-    return {"path": "index/keywords.faiss", "vectors": "index/vectors.f16", "library": "faiss", **made,
-            "nprobe": profile.index_nprobe, "ef": profile.index_candidates}
+    nprobe = profile.index_nprobe or default_nprobe(made["lists"])
+    print(f"  compressed index {made['factory']}: {made['code_bytes']} B of code a keyword, {made['lists']} lists, "
+          f"{nprobe} scanned a query")
+    return {"path": "index/keywords.faiss", "library": "faiss", **made, "nprobe": nprobe, "ef": profile.index_candidates}
 
 
 def _open_compressed(stage: Path, fields: dict):

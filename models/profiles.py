@@ -30,12 +30,12 @@ class Profile:
     hnsw_ef_construction: int = 200
     hnsw_ef: int = 64
     # Which keyword index the artifact holds: "hnswlib" (the graph over full vectors, in RAM) or
-    # "compressed" (retrieval/compressed.py: faiss IVF + 4-bit PQ codes in RAM, float16 vectors on
+    # "compressed" (retrieval/compressed.py: faiss IVF + 4-bit PQ codes in RAM, float32 vectors on
     # disk re-ranking each query's candidates; for keyword sets past a few million, docs/SCALE.md).
     index: str = "hnswlib"
     index_factory: str | None = None  # compressed: the faiss factory string (None: by size)
-    index_nprobe: int = 32  # compressed: inverted lists scanned per query
-    index_candidates: int = 64  # compressed: candidates re-ranked exactly per query (its "ef")
+    index_nprobe: int | None = None  # compressed: inverted lists scanned per query (None: half, at most 256)
+    index_candidates: int = 128  # compressed: candidates re-ranked exactly per query (its "ef")
     max_length: int = 128  # token limit of both encoders
     ridge: float = 1e-2  # regularisation of the closed-form projection fit
     # Which product titles: "file" (the first N in file order) or "judged" (the products

@@ -2,18 +2,30 @@
 
 Why (issue #24): hnswlib keeps every keyword's 768 floats and its graph links in RAM, ~3.3 KB
 a keyword, so one 24 GiB machine holds ~6M keywords. Here RAM holds only a faiss inverted-file
-index over compressed codes (the factory string in the manifest, e.g. ``IVF2048,PQ96x4fs``:
+index over compressed codes (the factory string in the manifest, e.g. ``IVF256,PQ96x4fs``:
 48 bytes of code a keyword, scanned with SIMD "fast-scan" tables), and the full vectors stay
 in a file that is memory-mapped and read only for the few candidates each query re-ranks
 (the SPANN / DiskANN pattern: approximate in memory, exact from storage).
 
 A search, per query: the IVF scan of ``nprobe`` lists gives ``max(ef, k)`` candidates by
-their approximate scores; their vectors (float16 on disk, exact to ~1e-3) are scored exactly
-and the best k returned. So ``ef`` means here what it means for hnswlib: the candidate list
-a query keeps, and its answer's quality grows with it.
+their approximate scores; their float32 vectors are scored exactly (the scores hnswlib would
+give) and the best k returned. So ``ef`` means here what it means for hnswlib: the candidate
+list a query keeps, and its answer's quality grows with it.
+
+Why float32 on disk, not float16 (session 10): numpy converts float16 at ~1.1 ns an element
+on these CPUs (no SIMD path), 111 us for 128 candidates x 768, against 16 us for the whole
+float32 gather and product; disk is the cheap side of this index (3 KB a keyword, read only
+for candidates). Artifacts written before hold ``vectors.f16`` and still open (the file's
+suffix says its type).
+
+Why few lists (session 10, the full artifact's 113k keywords, real student queries): the
+student's queries do not sit inside the keywords' clusters, so their true neighbours spread
+over many lists; with 1,024 lists and nprobe 32 only 83% of the true top 10 lay in the lists
+scanned, whatever the re-rank. Fewer, larger lists with half of them scanned reach hnswlib's
+recall (IVF256, nprobe 128, 128 candidates: recall@10 0.967 against hnswlib ef 64's 0.962).
 
 Files (the artifact's ``index/`` folder, all in the manifest): ``keywords.faiss`` (the trained
-index; ids = labels = store rows), ``vectors.f16`` (row ``i`` = label ``i``, float16, raw),
+index; ids = labels = store rows), ``vectors.f32`` (row ``i`` = label ``i``, float32, raw),
 ``keywords.tsv`` (the store, as for hnswlib).
 
 Live changes: an upsert adds the new vector's code under a fresh label (labels are never
@@ -40,17 +52,33 @@ from artifact.store import read_store
 from retrieval.base import Hit, SearchParams
 from retrieval.keyword_table import KeywordTable
 
-VECTOR_DTYPE = np.float16
+VECTOR_FILE = "vectors.f32"
+# The stored vectors' type by the file's suffix (".f16": artifacts written before session 10).
+VECTOR_DTYPES = {".f32": np.float32, ".f16": np.float16}
 # Filtered searches allowing at most this many keywords are answered exactly over their vectors.
 EXACT_FILTER_MAX = 4096
 
 
 def default_factory(rows: int) -> str:
-    """The index for ``rows`` keywords: about 4 sqrt(n) inverted lists, a power of two, with at
+    """The index for ``rows`` keywords: about sqrt(n) inverted lists, a power of two, with at
     least 39 keywords a list (k-means' least points per centroid); 96 4-bit sub-quantisers
-    (48 B of code a keyword)."""
-    lists = 2 ** max(0, math.floor(math.log2(max(1.0, min(4 * math.sqrt(rows), rows / 39)))))
+    (48 B of code a keyword). (Session 9 used 4 sqrt(n): IVF1024 at 113k, where the student's
+    queries found only 83% of their true neighbours in the 32 lists scanned.)"""
+    lists = 2 ** max(0, math.floor(math.log2(max(1.0, min(math.sqrt(rows), rows / 39)))))
     return f"IVF{lists},PQ96x4fs"
+
+
+def default_nprobe(lists: int) -> int:
+    """Lists scanned a query: half of them, at most 256 (recall@10 0.967 at 113k with IVF256;
+    the cap keeps a 10M-keyword index (IVF2048) to an eighth of its codes a query)."""
+    return max(1, min(lists // 2, 256))
+
+
+def vector_dtype(path: Path) -> type:
+    try:
+        return VECTOR_DTYPES[Path(path).suffix]
+    except KeyError:
+        raise ValueError(f"{Path(path).name}: the stored vectors' file must end in .f32 or .f16") from None
 
 
 def _enough_to_train(index: "faiss.Index", train_rows: int) -> int:
@@ -62,7 +90,7 @@ def _enough_to_train(index: "faiss.Index", train_rows: int) -> int:
 def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] = None, *, train_rows: int = 200_000,
                      threads: int = 2, seed: int = 100) -> dict[str, Any]:
     """Train and fill the index over ``vectors`` (L2-normalised, row = label) and write
-    ``keywords.faiss`` and ``vectors.f16`` into ``folder``; returns the manifest's index fields."""
+    ``keywords.faiss`` and ``vectors.f32`` into ``folder``; returns the manifest's index fields."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows = len(vectors)
 
@@ -99,16 +127,17 @@ def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: in
     faiss.extract_index_ivf(index).cp.seed = seed
     index.train(np.ascontiguousarray(training, dtype=np.float32))
     added = 0
-    with open(Path(folder) / "vectors.f16", "wb") as out:
+    with open(Path(folder) / VECTOR_FILE, "wb") as out:
         for chunk in chunks():
             chunk = np.ascontiguousarray(chunk, dtype=np.float32)
             index.add_with_ids(chunk, np.arange(added, added + len(chunk), dtype=np.int64))
-            out.write(chunk.astype(VECTOR_DTYPE).tobytes())
+            out.write(chunk.tobytes())
             added += len(chunk)
     if added != rows:
         raise ValueError(f"the chunks held {added} vectors, not {rows}")
     faiss.write_index(index, str(Path(folder) / "keywords.faiss"))
-    return {"factory": factory, "code_bytes": int(index.sa_code_size()), "lists": int(faiss.extract_index_ivf(index).nlist)}
+    return {"factory": factory, "code_bytes": int(index.sa_code_size()), "lists": int(faiss.extract_index_ivf(index).nlist),
+            "vectors": f"index/{VECTOR_FILE}"}
 
 
 class CompressedVectors:
@@ -122,16 +151,17 @@ class CompressedVectors:
             raise ValueError(f"the faiss index holds {self.index.d}-d codes, not {dim}-d")
         if self.index.ntotal != rows:
             raise ValueError(f"the faiss index holds {self.index.ntotal} codes but the keyword store has {rows} rows")
-        expected = rows * dim * np.dtype(VECTOR_DTYPE).itemsize
+        dtype = np.dtype(vector_dtype(vectors_path))
+        expected = rows * dim * dtype.itemsize
         size = Path(vectors_path).stat().st_size
         if size != expected:
-            raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {rows} x {dim} float16")
+            raise ValueError(f"{Path(vectors_path).name} has {size} bytes, not the {expected} of {rows} x {dim} {dtype.name}")
         # A plain array over a read-only map of the file (np.memmap's subclass costs ~10x more a
         # fancy-indexed gather than a plain array, and a query gathers its candidates' rows).
         with open(vectors_path, "rb") as handle:
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self.vectors = (np.frombuffer(self._map, dtype=VECTOR_DTYPE).reshape(rows, dim) if self._map is not None
-                        else np.zeros((0, dim), dtype=VECTOR_DTYPE))
+        self.vectors = (np.frombuffer(self._map, dtype=dtype).reshape(rows, dim) if self._map is not None
+                        else np.zeros((0, dim), dtype=dtype))
         self.rows, self.dim, self.nprobe = rows, dim, nprobe
         self.extra: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
         self._params: dict[int, Any] = {}  # faiss search parameters per nprobe, made once
@@ -143,7 +173,7 @@ class CompressedVectors:
         labels = np.asarray(labels, dtype=np.int64)
         live = labels >= self.rows
         if not live.any():
-            return self.vectors[labels].astype(np.float32)
+            return self.vectors[labels].astype(np.float32, copy=False)
         out = np.empty((len(labels), self.dim), dtype=np.float32)
         out[~live] = self.vectors[labels[~live]]
         for i in np.flatnonzero(live).tolist():

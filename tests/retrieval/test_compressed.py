@@ -27,9 +27,10 @@ def keywords(small_artifact):
 def open_built(tmp_path, keywords, factory=None, nprobe=64, ef=64) -> CompressedIndex:
     ids, texts, vectors, store = keywords
     fields = build_compressed(vectors, tmp_path, factory, threads=1)
-    assert (tmp_path / "keywords.faiss").is_file() and (tmp_path / "vectors.f16").stat().st_size == vectors.size * 2
+    assert fields["vectors"] == "index/vectors.f32"
+    assert (tmp_path / "keywords.faiss").is_file() and (tmp_path / "vectors.f32").stat().st_size == vectors.size * 4
     assert fields["code_bytes"] <= 64
-    return CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, vectors.shape[1], ef, nprobe)
+    return CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f32", store, vectors.shape[1], ef, nprobe)
 
 
 def queries_near(vectors: np.ndarray, n: int = 40, seed: int = 0) -> np.ndarray:
@@ -47,8 +48,23 @@ def test_every_list_scanned_and_every_keyword_reranked_is_exact_search(tmp_path,
     truth = exact_top_k(vectors, q, 10)
     for row, true in zip(found, truth.tolist()):
         assert [hit.id for hit in row] == [ids[i] for i in true]
-        # scores are exact inner products of the float16-stored vectors (~1e-3 of float32)
-        assert np.allclose([hit.score for hit in row], (vectors[true] @ q[found.index(row)]), atol=2e-3)
+        # scores are the exact inner products of the stored float32 vectors
+        assert np.allclose([hit.score for hit in row], (vectors[true] @ q[found.index(row)]), atol=1e-5)
+
+
+def test_an_artifact_written_with_float16_vectors_still_opens(tmp_path, keywords):
+    # artifacts built before session 10 hold vectors.f16; the file's suffix says its type
+    ids, _, vectors, store = keywords
+    open_built(tmp_path, keywords)
+    (tmp_path / "vectors.f16").write_bytes(vectors.astype(np.float16).tobytes())
+    old = CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, vectors.shape[1], 64, 1024)
+    q = queries_near(vectors, 5, seed=3)
+    found = old.search(q, SearchParams(10, ef=len(ids)))
+    for row, true, query in zip(found, exact_top_k(vectors, q, 10).tolist(), q):
+        assert [hit.id for hit in row][:3] == [ids[i] for i in true][:3]
+        assert np.allclose([hit.score for hit in row], vectors[[ids.index(h.id) for h in row]] @ query, atol=2e-3)
+    with pytest.raises(ValueError, match="must end in .f32 or .f16"):
+        CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "keywords.faiss", store, vectors.shape[1], 64, 8)
 
 
 def test_default_settings_find_most_of_the_exact_top_10(tmp_path, keywords):
@@ -89,9 +105,9 @@ def test_filters_upserts_and_deletes(tmp_path, keywords):
 def test_a_vectors_file_of_the_wrong_size_or_dimension_is_refused(tmp_path, keywords):
     ids, _, vectors, store = keywords
     open_built(tmp_path, keywords)
-    with open(tmp_path / "vectors.f16", "ab") as handle:
-        handle.write(b"\0\0")
+    with open(tmp_path / "vectors.f32", "ab") as handle:
+        handle.write(b"\0\0\0\0")
     with pytest.raises(ValueError, match="not the"):
-        CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, vectors.shape[1], 64, 8)
+        CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f32", store, vectors.shape[1], 64, 8)
     with pytest.raises(ValueError, match="384-d"):
-        CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, 384, 64, 8)
+        CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f32", store, 384, 64, 8)
