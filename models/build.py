@@ -226,7 +226,7 @@ def _build_compressed(profile: Profile, keyword_vectors: np.ndarray, stage: Path
     from retrieval.compressed import build_compressed, default_nprobe
 
     made = build_compressed(keyword_vectors, stage / "index", profile.index_factory, threads=threads)
-    nprobe = profile.index_nprobe or default_nprobe(made["lists"])
+    nprobe = profile.index_nprobe or default_nprobe(made["lists"], len(keyword_vectors))
     print(f"  compressed index {made['factory']}: {made['code_bytes']} B of code a keyword, {made['lists']} lists, "
           f"{nprobe} scanned a query")
     return {"path": "index/keywords.faiss", "library": "faiss", **made, "nprobe": nprobe, "ef": profile.index_candidates}

@@ -34,7 +34,7 @@ class Profile:
     # disk re-ranking each query's candidates; for keyword sets past a few million, docs/SCALE.md).
     index: str = "hnswlib"
     index_factory: str | None = None  # compressed: the faiss factory string (None: by size)
-    index_nprobe: int | None = None  # compressed: inverted lists scanned per query (None: half, at most 256)
+    index_nprobe: int | None = None  # compressed: inverted lists scanned per query (None: retrieval.compressed.default_nprobe)
     index_candidates: int = 128  # compressed: candidates re-ranked exactly per query (its "ef")
     max_length: int = 128  # token limit of both encoders
     ridge: float = 1e-2  # regularisation of the closed-form projection fit
