@@ -23,6 +23,7 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
+from retrieval.length_prior import rerank as rerank_by_length
 from service.errors import ClientGone, InvalidRequest, NotReady, ServiceError, Unauthorized
 from service.filters import check_filter, with_attributes
 from service.loopgate import LoopGate
@@ -182,9 +183,12 @@ class SearchService:
         k = req.k or self.settings.default_k
         if req.fusion:
             check_fusion(runtime, req)
-        # With fusion the dense side gives its top FUSION_DEPTH to fuse, not k.
-        query = Query(texts, k=max(k, FUSION_DEPTH) if req.fusion else k, ef=req.ef or runtime.default_ef,
-                      filter=req.filter)
+        prior = self.settings.length_prior if req.length_prior is None else req.length_prior
+        # With fusion the dense side gives its top FUSION_DEPTH to fuse, not k; with a length
+        # prior, every candidate of its ef list to re-rank.
+        depth = max(k, FUSION_DEPTH) if req.fusion else k
+        ef_asked = req.ef or runtime.default_ef
+        query = Query(texts, k=max(depth, ef_asked) if prior else depth, ef=ef_asked, filter=req.filter)
         ef = max(query.ef, query.k)
         cache = self.result_cache
         found: list = [None] * len(texts)
@@ -211,6 +215,8 @@ class SearchService:
                     cache.put(generation, keys[i], found[i])
             if cache.enabled:
                 self.metrics.result_cache_bytes.set(cache.bytes)
+        if prior:  # retrieval/length_prior.py; after the cache, which holds the plain candidates
+            found = [(truncated, rerank_by_length(keywords, prior, depth)) for truncated, keywords in found]
         lexical_s = 0.0
         if req.fusion:
             t0 = time.perf_counter()
@@ -228,6 +234,8 @@ class SearchService:
             "results": results,
             "timings": self._timings(scope, answer),
         }
+        if prior:
+            payload["length_prior"] = prior
         if req.fusion:
             payload["fusion"] = req.fusion
             payload["timings"]["lexical_ms"] = _ms(lexical_s)

@@ -91,6 +91,31 @@ def test_ef_and_k_reach_the_index(static_server, direct):
     assert search(static_server, query="copper pipe", k=80, ef=10)["ef"] == 80  # raised to k
 
 
+def test_the_length_prior_reranks_the_ef_candidates_by_cosine_plus_weight_ln_words(static_server, direct):
+    # The expected answer is made here from the index called directly: its top ef (the
+    # candidates) by cosine + 0.05 * ln(words), the best 10, each score that sum.
+    encoders, index = direct
+    weight, ef = 0.05, 64
+    moved = 0
+    for query in QUERIES:
+        body = search(static_server, query=query, k=10, ef=ef, length_prior=weight)
+        assert body["length_prior"] == weight and body["ef"] == ef
+        candidates = index.search(encoders["student"].encode([query]).vectors, SearchParams(k=ef, ef=ef))[0]
+        expected = sorted(((h.score + weight * np.log(max(1, len(h.text.split()))), h.id) for h in candidates),
+                          key=lambda pair: -pair[0])[:10]
+        ids, scores = keywords(body["results"][0])
+        assert ids == [kid for _, kid in expected]
+        np.testing.assert_allclose(scores, [score for score, _ in expected], atol=1e-5)
+        plain = keywords(search(static_server, query=query, k=10, ef=ef)["results"][0])[0]
+        moved += ids != plain
+    assert moved, "a prior of 0.05 changed no answer"
+    # off by default, and an out-of-range weight is the client's error
+    assert "length_prior" not in search(static_server, query="paint")
+    for bad in (-0.01, 0.5, "0.02", True):
+        r = static_server.client.post("/v1/search", json={"query": "paint", "length_prior": bad})
+        assert r.status_code == 422 and "length_prior" in r.text, r.text
+
+
 def embed(client, queries, encoder):
     response = client.post("/v1/embed", json={"queries": queries, "encoder": encoder})
     assert response.status_code == 200, response.text
