@@ -25,7 +25,9 @@ def bonus(text: str, weight: float) -> float:
 
 def rerank(hits: Sequence[dict], weight: float, k: int) -> list[dict]:
     """The best ``k`` of ``hits`` (dicts with "text" and "score") by score + bonus; each hit's
-    score becomes that sum, so the answer stays ordered by its scores."""
-    scored = [dict(hit, score=hit["score"] + bonus(hit["text"], weight)) for hit in hits]
-    scored.sort(key=lambda hit: -hit["score"])
-    return scored[:k]
+    score becomes that sum, so the answer stays ordered by its scores. (Only the k kept are
+    copied: this runs on the event loop for every search that asks for a prior.)"""
+    log = math.log
+    boosted = sorted(((-(hit["score"] + weight * log(max(1, len(hit["text"].split())))), i)
+                      for i, hit in enumerate(hits)))
+    return [dict(hits[i], score=-negative) for negative, i in boosted[:k]]
