@@ -22,7 +22,8 @@ Why few lists (session 10, the full artifact's 113k keywords, real student queri
 student's queries do not sit inside the keywords' clusters, so their true neighbours spread
 over many lists; with 1,024 lists and nprobe 32 only 83% of the true top 10 lay in the lists
 scanned, whatever the re-rank. Fewer, larger lists with half of them scanned reach hnswlib's
-recall (IVF256, nprobe 128, 128 candidates: recall@10 0.967 against hnswlib ef 64's 0.962).
+recall (IVF256, nprobe 128, 128 candidates: recall@10 0.971 against hnswlib ef 64's 0.962;
+docs/BENCHMARKS.md "Session 10").
 
 Files (the artifact's ``index/`` folder, all in the manifest): ``keywords.faiss`` (the trained
 index; ids = labels = store rows), ``vectors.f32`` (row ``i`` = label ``i``, float32, raw),
