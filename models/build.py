@@ -258,8 +258,11 @@ def _finetune_teacher_in_build(profile, threads) -> tuple[Path | None, dict]:
     from models.distill.phase1 import Phase1Config, run_phase1
     from models.model_files import CACHE_DIR
 
-    out = CACHE_DIR / "distill" / f"{profile.name}-teacher-phase1-s{profile.phase1_steps}"
-    config = Phase1Config(out=str(out), minutes=profile.phase1_minutes, max_steps=profile.phase1_steps, threads=threads)
+    negatives = profile.phase1_hard_negatives
+    out = CACHE_DIR / "distill" / (f"{profile.name}-teacher-phase1-s{profile.phase1_steps}"
+                                   + (f"-hn{negatives}" if negatives else ""))
+    config = Phase1Config(out=str(out), minutes=profile.phase1_minutes, max_steps=profile.phase1_steps, threads=threads,
+                          hard_negatives=negatives)
     return run_phase1(config, profile.phase1_judge_titles, profile.gate_queries)
 
 

@@ -62,6 +62,7 @@ class Profile:
     phase1_minutes: float = 17.0
     phase1_steps: int = 140  # ~7 s a step at batch 32 on 2 cores: the schedule ends near the time budget
     phase1_judge_titles: int = 6000  # distractor titles beside the dev queries' judged products
+    phase1_hard_negatives: int = 0  # judged-not-relevant titles per pair beside the in-batch negatives
     # What replaces the distill_* fields above when a student of another family is trained
     # (``get_profile(name, student=...)``): family ("static" or "transformer") -> fields.
     # A static student needs phase 2 and many cheap steps; a cut transformer few costly ones.

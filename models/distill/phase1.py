@@ -113,6 +113,11 @@ def finetune_teacher(config: Phase1Config, pairs: tuple[list[str], list[list[str
     every_title = [t for titles in positives for t in titles]
     tokenizer = load_tokenizer(tokenizer_path("teacher"))
     resuming = (out / "state.pt").is_file()
+    if resuming and not _same_settings(out, config):
+        # A checkpoint of other settings (negatives, batch, rate): resuming it would hand back a
+        # model these settings never trained, so this run starts from the packaged teacher.
+        print(f"[phase1] {out} holds a run with other settings; starting afresh")
+        resuming = False
     model = load_teacher(out / "model" if resuming else teacher_dir())
     model.transformer.embeddings.word_embeddings.weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -194,15 +199,25 @@ def run_phase1(config: Phase1Config, other_titles: int = 6000, queries_limit: in
     return (folder if verdict["adopt"] else None), verdict
 
 
-def _finished(out: Path, config: Phase1Config) -> bool:
-    """A finished run with the same settings: nothing to train."""
+# What a checkpoint must share with a run to be resumed by it (a longer step budget resumes), and
+# what a finished run must share to be taken as is.
+RESUMABLE_IF_SAME = ("lr", "batch_size", "hard_negatives", "seed")
+FINISHED_IF_SAME = ("max_steps", *RESUMABLE_IF_SAME)
+
+
+def _same_settings(out: Path, config: Phase1Config, keys: tuple[str, ...] = RESUMABLE_IF_SAME) -> bool:
     info_path = out / "info.json"
     if not info_path.is_file():
         return False
-    info = json.loads(info_path.read_text())
-    saved = info.get("config", {})
-    same = ("max_steps", "lr", "batch_size", "hard_negatives", "seed")
-    return bool(info.get("done")) and all(saved.get(k, 0) == getattr(config, k) for k in same)
+    saved = json.loads(info_path.read_text()).get("config", {})
+    return all(saved.get(k, 0) == getattr(config, k) for k in keys)
+
+
+def _finished(out: Path, config: Phase1Config) -> bool:
+    """A finished run with the same settings: nothing to train."""
+    info_path = out / "info.json"
+    return (info_path.is_file() and bool(json.loads(info_path.read_text()).get("done"))
+            and _same_settings(out, config, FINISHED_IF_SAME))
 
 
 def judge(folder: Path, threads: int = 2, other_titles: int = 6000, queries_limit: int | None = None, seed: int = 0) -> dict:

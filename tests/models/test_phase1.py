@@ -48,7 +48,7 @@ def test_train_pairs_are_train_split_and_relevant():
         assert titles and set(titles) <= relevant
 
 
-def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path):
+def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path, capsys):
     queries, positives = pairs
     titles = [p[0] for p in positives]
     before = _batch_loss(load_teacher(), queries, titles)
@@ -77,6 +77,15 @@ def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path):
     saved = (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns
     assert judge(folder, threads=2, other_titles=50, queries_limit=12) == verdict
     assert (tmp_path / "p1" / "judgement.json").stat().st_mtime_ns == saved  # read back, not redone
+
+    # Other settings in the same folder (a hard negative a pair): not resumed from the run above
+    # (whose model they never trained), trained afresh from the packaged teacher.
+    capsys.readouterr()
+    config.hard_negatives = 1
+    again = load_teacher(finetune_teacher(config, pairs))
+    assert "holds a run with other settings; starting afresh" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p1" / "info.json").read_text())["config"]["hard_negatives"] == 1
+    assert not torch.equal(again.transformer.state_dict()[first], tuned.transformer.state_dict()[first])
 
 
 def test_hard_negatives_are_the_querys_own_judged_misses():
