@@ -94,6 +94,17 @@
       body.k = k;  // its range is the server's to judge: its message says the limit
       params.set("k", kText);
     }
+    const priorText = $("prior").value.trim();
+    if (priorText) {
+      const prior = Number(priorText);
+      if (!Number.isFinite(prior)) {
+        showMessage("The length prior must be a number, such as 0.02.", "warn");
+        $("prior").focus();
+        return null;
+      }
+      body.length_prior = prior;  // its range is the server's to judge, as for k
+      params.set("lp", priorText);
+    }
     const filterText = $("filter").value.trim();
     if (filterText) {
       let filter;
@@ -115,12 +126,13 @@
     return { body, params };
   }
 
-  // The address bar's ?q=&k=&filter= into the form; true when it names a query.
+  // The address bar's ?q=&k=&lp=&filter= into the form; true when it names a query.
   function fillFromAddress() {
     const params = new URLSearchParams(window.location.search);
     if (!params.has("q")) return false;
     $("query").value = params.get("q");
     $("k").value = params.get("k") || "10";
+    $("prior").value = params.get("lp") || "";
     $("filter").value = params.get("filter") || "";
     return true;
   }

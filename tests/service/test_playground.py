@@ -402,6 +402,32 @@ def test_the_filter_field_its_attributes_and_what_the_server_says_of_it(pserver,
 
 
 @pytest.mark.slow
+def test_the_length_prior_field_reaches_both_searches_and_the_address(pserver, page, judged_query):
+    query, _ = judged_query
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if "/v1/search" in r.url else None)
+    page.goto(f"{pserver.url}/")
+    page.fill("#query", query)
+    page.fill("#prior", "0.05")
+    page.press("#prior", "Enter")
+    wait_columns(page)
+    assert [(s["encoder"], s["length_prior"]) for s in sent] == [("student", 0.05), ("teacher", 0.05)]
+    assert shown_ids(page, "student") == api_ids(pserver, query, 10, "student", length_prior=0.05)
+    assert parse_qs(urlparse(page.url).query)["lp"] == ["0.05"]
+    other_tab = page.context.new_page()  # the shared address brings the prior back
+    other_tab.goto(page.url)
+    wait_columns(other_tab)
+    assert other_tab.input_value("#prior") == "0.05"
+    other_tab.close()
+    # Out of its range: the server's own message, not a trace.
+    page.fill("#prior", "0.5")
+    page.press("#prior", "Enter")
+    page.wait_for_selector("#e-student:not([hidden])")
+    expected = error_of(pserver.client.post("/v1/search", json={"query": query, "length_prior": 0.5}))["message"]
+    assert page.inner_text("#e-student") == expected and "length_prior" in expected
+
+
+@pytest.mark.slow
 def test_on_a_phone_both_lists_are_a_tap_away(pserver, phone, judged_query):
     query, _ = judged_query
     open_at(phone, pserver, q=query, k=5)
