@@ -81,7 +81,7 @@ def test_finetune_learns_resumes_and_yields_a_teacher_folder(pairs, tmp_path, ca
     # Other settings in the same folder (a hard negative a pair): not resumed from the run above
     # (whose model they never trained), trained afresh from the packaged teacher.
     capsys.readouterr()
-    config.hard_negatives = 1
+    config.hard_negatives, config.max_steps = 1, 1  # one step is enough to differ
     again = load_teacher(finetune_teacher(config, pairs))
     assert "holds a run with other settings; starting afresh" in capsys.readouterr().out
     assert json.loads((tmp_path / "p1" / "info.json").read_text())["config"]["hard_negatives"] == 1
