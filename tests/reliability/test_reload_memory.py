@@ -7,10 +7,9 @@ in a local for the app's whole life; the runtime and its batchers formed a refer
 frees, and that did not run for minutes; and glibc kept the freed heap of the loading
 threads' malloc arenas. The tests: with the cyclic GC off, the old runtime, its index and
 its ONNX sessions are gone as soon as the reload answers (refcounting alone frees them), a
-refused reload leaves nothing behind either; and a real server's RSS after ten reloads settles
-within 10% of its RSS after the first, with no reload's peak past 1.5x (the leak added one
-whole artifact, ~1x, per reload; the allocator's transient peaks reached 1.117x on the full
-artifact, so a 10% bound on every reload failed there without any leak).
+refused reload leaves nothing behind either; and a real server's RSS after each of ten reloads
+stays within 10% of its RSS after the first (a SIGHUP's reload is seen through
+``hlm_reloads_total``, which counts it once the old artifact is released).
 """
 
 from __future__ import annotations
@@ -116,7 +115,7 @@ def rss_mb(pid: int) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_rss_after_ten_reloads_settles_within_ten_percent_of_the_first(start_server):
+def test_rss_after_ten_reloads_stays_within_ten_percent_of_the_first(start_server):
     srv = start_server(admin_token=TOKEN, shadow_rate=0, max_queue_wait_ms=0)
     srv.wait_for("/readyz")
     srv.client.headers.update(AUTH)
@@ -136,9 +135,7 @@ def test_rss_after_ten_reloads_settles_within_ten_percent_of_the_first(start_ser
             assert srv.client.post("/v1/search", json={"query": query}).status_code == 200
         rss.append(rss_mb(srv.proc.pid))
     print("RSS after each reload (MB):", [round(r) for r in rss])
-    settled = sorted(rss[-3:])[1]  # the median of the last three: one transient peak does not decide
-    assert settled <= 1.10 * rss[0], rss
-    assert max(rss[1:]) <= 1.5 * rss[0], rss
+    assert max(rss[1:]) <= 1.10 * rss[0], rss
 
 
 def reloads_ok(srv) -> float:
