@@ -125,7 +125,8 @@ class Reloader:
         await asyncio.to_thread(return_freed_memory)
         # Counted once the old artifact is released, not at the swap: a SIGHUP's caller sees the
         # reload only here, and memory read at that moment must not still hold two artifacts
-        # (counted at the swap, the full artifact's RSS read 1.117x the first reload's after a SIGHUP).
+        # (counted at the swap, the full artifact's RSS read 1.117x the first reload's after a SIGHUP;
+        # counted here, at most 1.044x over ten reloads).
         self.metrics.reloads.labels("ok").inc()
         return {"status": "reloaded", "artifact_sha256": new_sha, "previous_sha256": old_sha,
                 "path": str(self.settings.artifact_dir), "resolved": str(root), "seconds": round(seconds, 3)}
