@@ -14,9 +14,11 @@ list a query keeps, and its answer's quality grows with it.
 
 Why float32 on disk, not float16 (session 10): numpy converts float16 at ~1.1 ns an element
 on these CPUs (no SIMD path), 111 us for 128 candidates x 768, against 16 us for the whole
-float32 gather and product; disk is the cheap side of this index (3 KB a keyword, read only
-for candidates). Artifacts written before hold ``vectors.f16`` and still open (the file's
-suffix says its type).
+float32 gather and product. The price is the file: 3 KB a keyword, which must fit the page
+cache. At 10M on a 24 GiB machine (31 GB) it did not, and the re-rank's reads went to disk:
+284 ms a query against 1.6 ms with the 15 GB float16 file (docs/BENCHMARKS.md "Session 10").
+Artifacts written as ``vectors.f16`` still open (the file's suffix says its type); writing
+float16 where the file would outgrow RAM is not a build option yet.
 
 Why few lists (session 10, the full artifact's 113k keywords, real student queries): the
 student's queries do not sit inside the keywords' clusters, so their true neighbours spread
