@@ -16,15 +16,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-MAX_WEIGHT = 0.2  # ln(40 words) * 0.2 = 0.74: past that the prior outweighs any cosine
-
-
-def bonus(text: str, weight: float) -> float:
-    return weight * math.log(max(1, len(text.split())))
+# The largest weight a request or HLM_LENGTH_PRIOR may set: ln(40 words) * 0.2 = 0.74, past
+# which the prior outweighs any cosine.
+MAX_WEIGHT = 0.2
 
 
 def rerank(hits: Sequence[dict], weight: float, k: int) -> list[dict]:
-    """The best ``k`` of ``hits`` (dicts with "text" and "score") by score + bonus; each hit's
+    """The best ``k`` of ``hits`` (dicts with "text" and "score") by score + weight * ln(words); each hit's
     score becomes that sum, so the answer stays ordered by its scores. (Only the k kept are
     copied: this runs on the event loop for every search that asks for a prior.)"""
     log = math.log

@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstrain
 # Queries get the same normalisation as training and keyword texts (artifact/text.py): control
 # characters, zero-width marks and lone surrogates become spaces; a query left empty is refused.
 from artifact.text import normalise_text
+from retrieval.length_prior import MAX_WEIGHT as MAX_LENGTH_PRIOR
 
 EncoderName = Literal["student", "teacher"]
 
@@ -128,9 +129,9 @@ class SearchRequest(_QueriesIn):
     )
 
     length_prior: Optional[float] = Field(
-        None, ge=0.0, le=0.2, allow_inf_nan=False, description="Re-rank the search's ef candidates by cosine + weight * ln(words of the "
-        "keyword), 0 to 0.2 (default HLM_LENGTH_PRIOR; 0 = off); a hit's `score` is then that sum. 0.02 removed the "
-        "static student's pull to short, broad keywords on the full index and lifted judged dev nDCG@10 over it "
+        None, ge=0.0, le=MAX_LENGTH_PRIOR, allow_inf_nan=False, description="Re-rank the search's ef candidates by cosine + "
+        f"weight * ln(words of the keyword), 0 to {MAX_LENGTH_PRIOR} (default HLM_LENGTH_PRIOR; 0 = off); a hit's "
+        "`score` is then that sum. 0.02 removed the static student's pull to short, broad keywords on the full index and lifted judged dev nDCG@10 over it "
         "8.7 % (docs/RESULTS.md)."
     )
 

@@ -83,27 +83,19 @@
     }
     const body = { query, attributes: true };
     const params = new URLSearchParams({ q: query });
-    const kText = $("k").value.trim();
-    if (kText) {
-      const k = Number(kText);
-      if (!Number.isInteger(k)) {
-        showMessage("k must be a whole number, such as 10.", "warn");
-        $("k").focus();
+    // Numbers: the form checks their kind; their range is the server's to judge (its message says the limit).
+    const numbers = [["k", "k", "k", Number.isInteger, "k must be a whole number, such as 10."],
+                     ["prior", "length_prior", "lp", Number.isFinite, "The length prior must be a number, such as 0.02."]];
+    for (const [id, field, param, valid, problem] of numbers) {
+      const text = $(id).value.trim();
+      if (!text) continue;
+      if (!valid(Number(text))) {
+        showMessage(problem, "warn");
+        $(id).focus();
         return null;
       }
-      body.k = k;  // its range is the server's to judge: its message says the limit
-      params.set("k", kText);
-    }
-    const priorText = $("prior").value.trim();
-    if (priorText) {
-      const prior = Number(priorText);
-      if (!Number.isFinite(prior)) {
-        showMessage("The length prior must be a number, such as 0.02.", "warn");
-        $("prior").focus();
-        return null;
-      }
-      body.length_prior = prior;  // its range is the server's to judge, as for k
-      params.set("lp", priorText);
+      body[field] = Number(text);
+      params.set(param, text);
     }
     const filterText = $("filter").value.trim();
     if (filterText) {
