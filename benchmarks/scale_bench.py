@@ -4,8 +4,8 @@ Per size and index: recall@10 against exact search, microseconds per query (one 
 batch 1, the efs and indexes taking turns round by round: the median round's mean, and p50 /
 p99 over every query of every round), RAM and disk per keyword,
 build time. hnswlib is the artifact's graph (full vectors + links in RAM); "compressed" is
-``retrieval.compressed`` (faiss IVF + 4-bit PQ codes in RAM, float32 vectors memory-mapped for
-the exact re-rank), timed through ``CompressedVectors.search_labels`` against hnswlib's own
+``retrieval.compressed`` (faiss IVF + 4-bit PQ codes in RAM, float32 or float16 vectors
+memory-mapped for the exact re-rank, ``--precision``), timed through ``CompressedVectors.search_labels`` against hnswlib's own
 ``knn_query``: the search itself, no keyword table, on both sides.
 
 Sizes: ``0`` is the artifact's real keyword set; N > 0 a synthetic set of N points drawn
@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.index_bench import ExactTopK, artifact_vectors, machine, query_vectors, subspace_noise_generator, \
     synthetic_chunks
-from retrieval.compressed import CompressedVectors, build_compressed_chunks, default_factory
+from retrieval.compressed import PRECISIONS, VECTOR_FILES, CompressedVectors, build_compressed_chunks, default_factory
 
 CHUNK = 50_000
 RAM_BYTES = 24 * 2**30
@@ -87,7 +87,7 @@ def sweep(sides: dict[str, Callable[[np.ndarray], list[int]]], queries: np.ndarr
 
 def run_size(n: int, base: np.ndarray, manifest: dict, artifact: Path, queries: np.ndarray, work: Path, *,
              efs: Sequence[int], candidates: Sequence[int], nprobes: Sequence[int], rounds: int, factory: str | None,
-             hnsw_max: int, threads: int, log=print) -> dict:
+             hnsw_max: int, threads: int, precision: str = "auto", log=print) -> dict:
     import hnswlib
 
     real = n == 0
@@ -122,14 +122,18 @@ def run_size(n: int, base: np.ndarray, manifest: dict, artifact: Path, queries: 
     log(f"[{n}] exact top-10 in {time.perf_counter() - t:.0f} s")
 
     t = time.perf_counter()
-    fields = build_compressed_chunks(chunks, n, dim, folder, factory or default_factory(n), threads=threads)
+    for old in VECTOR_FILES.values():  # a file another precision left here would be mistaken for this one's
+        (folder / old).unlink(missing_ok=True)
+    fields = build_compressed_chunks(chunks, n, dim, folder, factory or default_factory(n), threads=threads,
+                                     precision=precision)
     build_s = time.perf_counter() - t
-    log(f"[{n}] compressed {fields['factory']} built in {build_s:.0f} s")
-    core = CompressedVectors(folder / "keywords.faiss", folder / "vectors.f32", n, dim, nprobes[0])
+    log(f"[{n}] compressed {fields['factory']} ({fields['precision']} vectors) built in {build_s:.0f} s")
+    vectors_file = folder / Path(fields["vectors"]).name
+    core = CompressedVectors(folder / "keywords.faiss", vectors_file, n, dim, nprobes[0])
     row = {"n": n, "real": real, "compressed": {
         **fields, "build_s": round(build_s, 1), "ram_bytes_per_keyword": round(core.memory_bytes() / n, 1),
         "disk_bytes_per_keyword": round(((folder / "keywords.faiss").stat().st_size
-                                         + (folder / "vectors.f32").stat().st_size) / n, 1)}}
+                                         + vectors_file.stat().st_size) / n, 1)}}
 
     sides: dict[str, Callable] = {}
     for nprobe in nprobes:
@@ -189,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nprobes", default="16,32")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--factory", default=None, help="faiss factory string (default: retrieval.compressed.default_factory)")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="the stored vectors' type (default: retrieval.compressed.choose_precision)")
     ap.add_argument("--hnsw-max", type=int, default=1_000_000, help="largest synthetic size hnswlib is built for")
     ap.add_argument("--threads", type=int, default=2, help="build threads")
     ap.add_argument("--work", type=Path, default=Path("runs/scale-work"))
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             size, base, manifest, args.artifact, queries, args.work,
             efs=[int(x) for x in args.efs.split(",")], candidates=[int(x) for x in args.candidates.split(",")],
             nprobes=[int(x) for x in args.nprobes.split(",")], rounds=args.rounds, factory=args.factory,
-            hnsw_max=args.hnsw_max, threads=args.threads))
+            hnsw_max=args.hnsw_max, threads=args.threads, precision=args.precision))
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every size: a cut run keeps what it did
     print(args.out)
     return 0

@@ -31,8 +31,11 @@ def build(
     student: Optional[str] = typer.Option(None, help="Train this student instead of the profile's (static for demo "
                                           "and full; minilm-l6, minilm-l3, mpnet-l1 … mpnet-l4, static, static-head)."),
     index: Optional[str] = typer.Option(None, help="Keyword index: hnswlib (the default: a graph over the full "
-                                        "vectors in RAM) or compressed (faiss IVF + 4-bit PQ codes in RAM, float32 "
+                                        "vectors in RAM) or compressed (faiss IVF + 4-bit PQ codes in RAM, full "
                                         "vectors on disk for exact re-ranking; docs/SCALE.md)."),
+    vector_precision: Optional[str] = typer.Option(None, help="Compressed index: the stored vectors' precision, "
+                                                   "float32, float16 or auto (the default: float32 while its file fits "
+                                                   "in half this machine's RAM, else float16)."),
 ) -> None:
     """Build a verified artifact: teacher index, student and teacher ONNX, manifest."""
     from models.data import DataError
@@ -56,7 +59,11 @@ def build(
             get_spec(student)  # an unknown name stops here, before any work
         if index is not None and index not in ("hnswlib", "compressed"):
             raise ValueError(f"unknown index {index!r}; choose hnswlib or compressed")
-        run_build(get_profile(profile, student=student, index=index), out, data_dir, student_checkpoint, threads, gate_share,
+        if vector_precision is not None:
+            from retrieval.compressed import choose_precision
+
+            choose_precision(0, 0, vector_precision)  # an unknown name stops here, before any work
+        run_build(get_profile(profile, student=student, index=index, index_precision=vector_precision), out, data_dir, student_checkpoint, threads, gate_share,
                   allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:
         typer.echo(f"hlm build: {exc}", err=True)

@@ -225,10 +225,11 @@ def _build_compressed(profile: Profile, keyword_vectors: np.ndarray, stage: Path
     """The compressed index (retrieval/compressed.py) and its manifest fields."""
     from retrieval.compressed import build_compressed, default_nprobe
 
-    made = build_compressed(keyword_vectors, stage / "index", profile.index_factory, threads=threads)
+    made = build_compressed(keyword_vectors, stage / "index", profile.index_factory, threads=threads,
+                            precision=profile.index_precision)
     nprobe = profile.index_nprobe or default_nprobe(made["lists"], len(keyword_vectors))
     print(f"  compressed index {made['factory']}: {made['code_bytes']} B of code a keyword, {made['lists']} lists, "
-          f"{nprobe} scanned a query")
+          f"{nprobe} scanned a query, {made['precision']} vectors for the re-rank")
     return {"path": "index/keywords.faiss", "library": "faiss", **made, "nprobe": nprobe, "ef": profile.index_candidates}
 
 

@@ -36,6 +36,7 @@ class Profile:
     index_factory: str | None = None  # compressed: the faiss factory string (None: by size)
     index_nprobe: int | None = None  # compressed: inverted lists scanned per query (None: retrieval.compressed.default_nprobe)
     index_candidates: int = 128  # compressed: candidates re-ranked exactly per query (its "ef")
+    index_precision: str = "auto"  # compressed: the stored vectors' type (retrieval.compressed.choose_precision)
     max_length: int = 128  # token limit of both encoders
     ridge: float = 1e-2  # regularisation of the closed-form projection fit
     # Which product titles: "file" (the first N in file order) or "judged" (the products

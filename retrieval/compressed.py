@@ -12,13 +12,15 @@ their approximate scores; their float32 vectors are scored exactly (the scores h
 give) and the best k returned. So ``ef`` means here what it means for hnswlib: the candidate
 list a query keeps, and its answer's quality grows with it.
 
-Why float32 on disk, not float16 (session 10): numpy converts float16 at ~1.1 ns an element
-on these CPUs (no SIMD path), 111 us for 128 candidates x 768, against 16 us for the whole
-float32 gather and product. The price is the file: 3 KB a keyword, which must fit the page
-cache. At 10M on a 24 GiB machine (31 GB) it did not, and the re-rank's reads went to disk:
-284 ms a query against 1.6 ms with the 15 GB float16 file (docs/BENCHMARKS.md "Session 10").
-Artifacts written as ``vectors.f16`` still open (the file's suffix says its type); writing
-float16 where the file would outgrow RAM is not a build option yet.
+Why the stored precision is a build choice (session 11): float32 re-ranks fastest (16 us for
+the gather and product of 128 candidates x 768, against ~80 us to widen float16 rows first,
+through faiss' SIMD fp16 decoder; numpy's own conversion, 120 us, has no SIMD path) but costs
+3 KB a keyword of file, and the re-rank's random reads must hit the page cache. At 10M on a
+24 GiB machine the 31 GB float32 file did not fit: 284 ms a query, against 1.6 ms with the
+15 GB float16 file (docs/BENCHMARKS.md "Session 10"). So ``choose_precision`` writes float32
+while that file fits in half this machine's RAM and float16 past it; the file's suffix says
+which (``vectors.f32`` / ``vectors.f16``), and the service warns at start-up when the file
+outgrows the machine it runs on.
 
 Why few lists (session 10, the full artifact's 113k keywords, real student queries): the
 student's queries do not sit inside the keywords' clusters, so their true neighbours spread
@@ -29,7 +31,7 @@ docs/BENCHMARKS.md "Session 10").
 
 Files (the artifact's ``index/`` folder, all in the manifest): ``keywords.faiss`` (the trained
 index; ids = labels = store rows), ``vectors.f32`` (row ``i`` = label ``i``, float32, raw),
-``keywords.tsv`` (the store, as for hnswlib).
+``keywords.tsv`` (the store, as for hnswlib); ``vectors.f16`` where the build chose float16.
 
 Live changes: an upsert adds the new vector's code under a fresh label (labels are never
 reused, as in ``retrieval.hnsw``) and keeps its full vector in memory for re-ranking; a
@@ -41,8 +43,10 @@ safe beside its searches).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import mmap
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,9 +59,12 @@ from artifact.store import read_store
 from retrieval.base import Hit, SearchParams
 from retrieval.keyword_table import KeywordTable
 
-VECTOR_FILE = "vectors.f32"
-# The stored vectors' type by the file's suffix (".f16": artifacts written before session 10).
+log = logging.getLogger(__name__)
+
+# The stored vectors' file by precision; its suffix is what a reader goes by.
+VECTOR_FILES = {"float32": "vectors.f32", "float16": "vectors.f16"}
 VECTOR_DTYPES = {".f32": np.float32, ".f16": np.float16}
+PRECISIONS = ("auto", *VECTOR_FILES)
 # Filtered searches allowing at most this many keywords are answered exactly over their vectors.
 EXACT_FILTER_MAX = 4096
 
@@ -84,6 +91,21 @@ def default_nprobe(lists: int, rows: int) -> int:
     return max(1, min(budget, lists // 2))
 
 
+def ram_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_precision(rows: int, dim: int, precision: str = "auto", ram: Optional[int] = None) -> str:
+    """``precision`` itself, or for "auto": float32 while its file fits in half of ``ram``
+    (default: this machine's), float16 past that (the re-rank must read from the page cache)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown vector precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "float32" if rows * dim * 4 <= (ram or ram_bytes()) // 2 else "float16"
+
+
 def vector_dtype(path: Path) -> type:
     try:
         return VECTOR_DTYPES[Path(path).suffix]
@@ -98,9 +120,10 @@ def _enough_to_train(index: "faiss.Index", train_rows: int) -> int:
 
 
 def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] = None, *, train_rows: int = 200_000,
-                     threads: int = 2, seed: int = 100) -> dict[str, Any]:
+                     threads: int = 2, seed: int = 100, precision: str = "auto") -> dict[str, Any]:
     """Train and fill the index over ``vectors`` (L2-normalised, row = label) and write
-    ``keywords.faiss`` and ``vectors.f32`` into ``folder``; returns the manifest's index fields."""
+    ``keywords.faiss`` and the vectors' file (``choose_precision``) into ``folder``; returns the
+    manifest's index fields."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows = len(vectors)
 
@@ -111,16 +134,19 @@ def build_compressed(vectors: np.ndarray, folder: Path, factory: Optional[str] =
         return vectors[np.sort(np.random.default_rng(seed).choice(rows, wanted, replace=False))]
 
     return build_compressed_chunks(lambda: iter([vectors]), rows, vectors.shape[1], folder, factory, sample=sample,
-                                   train_rows=train_rows, threads=threads, seed=seed)
+                                   train_rows=train_rows, threads=threads, seed=seed, precision=precision)
 
 
 def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: int, dim: int, folder: Path,
                             factory: Optional[str] = None, *, sample: Optional[Callable[[int], np.ndarray]] = None,
-                            train_rows: int = 200_000, threads: int = 2, seed: int = 100) -> dict[str, Any]:
+                            train_rows: int = 200_000, threads: int = 2, seed: int = 100,
+                            precision: str = "auto") -> dict[str, Any]:
     """The same from a sequence of chunks (``chunks()`` yields them in label order; called twice
     when no training ``sample(rows wanted)`` is given: once for the first rows as the sample), so
     a keyword set larger than RAM as float32 (10M x 768 = 31 GB) is built streaming."""
     factory = factory or default_factory(rows)
+    precision = choose_precision(rows, dim, precision)
+    vector_file = VECTOR_FILES[precision]
     faiss.omp_set_num_threads(threads)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     train_rows = _enough_to_train(index, train_rows)
@@ -137,17 +163,17 @@ def build_compressed_chunks(chunks: Callable[[], Iterator[np.ndarray]], rows: in
     faiss.extract_index_ivf(index).cp.seed = seed
     index.train(np.ascontiguousarray(training, dtype=np.float32))
     added = 0
-    with open(Path(folder) / VECTOR_FILE, "wb") as out:
+    with open(Path(folder) / vector_file, "wb") as out:
         for chunk in chunks():
             chunk = np.ascontiguousarray(chunk, dtype=np.float32)
             index.add_with_ids(chunk, np.arange(added, added + len(chunk), dtype=np.int64))
-            out.write(chunk.tobytes())
+            out.write(chunk.astype(precision, copy=False).tobytes())
             added += len(chunk)
     if added != rows:
         raise ValueError(f"the chunks held {added} vectors, not {rows}")
     faiss.write_index(index, str(Path(folder) / "keywords.faiss"))
     return {"factory": factory, "code_bytes": int(index.sa_code_size()), "lists": int(faiss.extract_index_ivf(index).nlist),
-            "vectors": f"index/{VECTOR_FILE}"}
+            "vectors": f"index/{vector_file}", "precision": precision}
 
 
 class CompressedVectors:
@@ -172,6 +198,13 @@ class CompressedVectors:
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         self.vectors = (np.frombuffer(self._map, dtype=dtype).reshape(rows, dim) if self._map is not None
                         else np.zeros((0, dim), dtype=dtype))
+        # float16 rows are widened by faiss' fp16 decoder (SIMD; numpy's conversion is scalar)
+        self._fp16 = None
+        if dtype == np.float16:
+            self._fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        if size > ram_bytes() // 2:
+            log.warning("%s is %.1f GB, more than half this machine's %.1f GB of RAM: the re-rank's reads may go to "
+                        "disk (docs/SCALE.md)", Path(vectors_path).name, size / 1e9, ram_bytes() / 1e9)
         self.rows, self.dim, self.nprobe = rows, dim, nprobe
         self.extra: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
         self._params: dict[int, Any] = {}  # faiss search parameters per nprobe, made once
@@ -183,12 +216,20 @@ class CompressedVectors:
         labels = np.asarray(labels, dtype=np.int64)
         live = labels >= self.rows
         if not live.any():
-            return self.vectors[labels].astype(np.float32, copy=False)
+            return self._widen(self.vectors[labels])
         out = np.empty((len(labels), self.dim), dtype=np.float32)
-        out[~live] = self.vectors[labels[~live]]
+        out[~live] = self._widen(self.vectors[labels[~live]])
         for i in np.flatnonzero(live).tolist():
             out[i] = self.extra[int(labels[i])]
         return out
+
+    def _widen(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows as float32."""
+        if self._fp16 is None:
+            return rows
+        if not len(rows):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._fp16.sa_decode(np.ascontiguousarray(rows).view(np.uint8))
 
     def candidates(self, vectors: np.ndarray, count: int, selector=None) -> np.ndarray:
         """[n, count] labels by approximate score (-1 where the scanned lists ran short)."""

@@ -128,12 +128,13 @@ def compact(artifact: Path, state_dir: Path, out: Path, threads: int = 2) -> dic
         new_manifest = {key: value for key, value in manifest.items() if key not in ("files", "artifact_sha256")}
         new_manifest["index"] = dict(idx, count=len(ids), attributes=ATTRIBUTES_PATH)
         if idx.get("library") == "faiss":
-            from retrieval.compressed import build_compressed
+            from retrieval.compressed import build_compressed, vector_dtype
 
             if (tmp / idx["vectors"]).parent != (tmp / idx["path"]).parent:
                 raise ValueError("the compressed index's vectors must sit beside its faiss file")
+            precision = np.dtype(vector_dtype(artifact / idx["vectors"])).name  # as the artifact was built
             new_manifest["index"].update(build_compressed(vectors, (tmp / idx["path"]).parent, idx["factory"],
-                                                          threads=threads))
+                                                          threads=threads, precision=precision))
         else:
             build_hnsw(vectors, tmp / idx["path"], int(idx["M"]), int(idx["ef_construction"]), threads=threads)
         if lexical:  # the BM25 index must hold the store's rows, in its order

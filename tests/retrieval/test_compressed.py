@@ -9,7 +9,7 @@ import pytest
 from artifact.manifest import read_manifest
 from artifact.store import read_store
 from retrieval.base import SearchParams
-from retrieval.compressed import CompressedIndex, build_compressed
+from retrieval.compressed import CompressedIndex, build_compressed, choose_precision
 from retrieval.exact import exact_top_k
 from retrieval.hnsw import HnswIndex
 
@@ -52,19 +52,34 @@ def test_every_list_scanned_and_every_keyword_reranked_is_exact_search(tmp_path,
         assert np.allclose([hit.score for hit in row], (vectors[true] @ q[found.index(row)]), atol=1e-5)
 
 
-def test_an_artifact_written_with_float16_vectors_still_opens(tmp_path, keywords):
-    # artifacts built before session 10 hold vectors.f16; the file's suffix says its type
+def test_float16_vectors_rerank_as_float32_do_and_live_upserts_mix_in(tmp_path, keywords):
     ids, _, vectors, store = keywords
-    open_built(tmp_path, keywords)
-    (tmp_path / "vectors.f16").write_bytes(vectors.astype(np.float16).tobytes())
-    old = CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, vectors.shape[1], 64, 1024)
-    q = queries_near(vectors, 5, seed=3)
-    found = old.search(q, SearchParams(10, ef=len(ids)))
+    fields = build_compressed(vectors, tmp_path, threads=1, precision="float16")
+    assert fields["vectors"] == "index/vectors.f16" and fields["precision"] == "float16"
+    assert (tmp_path / "vectors.f16").stat().st_size == vectors.size * 2 and not (tmp_path / "vectors.f32").exists()
+    index = CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "vectors.f16", store, vectors.shape[1], 64, 1024)
+    q = queries_near(vectors, 20, seed=3)
+    found = index.search(q, SearchParams(10, ef=len(ids)))
     for row, true, query in zip(found, exact_top_k(vectors, q, 10).tolist(), q):
-        assert [hit.id for hit in row][:3] == [ids[i] for i in true][:3]
-        assert np.allclose([hit.score for hit in row], vectors[[ids.index(h.id) for h in row]] @ query, atol=2e-3)
+        assert [hit.id for hit in row][:5] == [ids[i] for i in true][:5]
+        # float16 keeps ~3 decimal digits a component: the scores within 1e-3 of float32's
+        assert np.allclose([hit.score for hit in row], vectors[[ids.index(h.id) for h in row]] @ query, atol=1e-3)
+    # a live upsert's vector (float32, in memory) is re-ranked beside the file's float16 rows
+    index.upsert(["new:1"], q[0][None, :], ["a brand new keyword"], [{}])
+    top = index.search(q[:1], SearchParams(3))[0]
+    assert top[0].id == "new:1" and top[0].score == pytest.approx(1.0, abs=1e-5) and top[1].id == found[0][0].id
     with pytest.raises(ValueError, match="must end in .f32 or .f16"):
         CompressedIndex(tmp_path / "keywords.faiss", tmp_path / "keywords.faiss", store, vectors.shape[1], 64, 8)
+
+
+def test_auto_precision_is_float32_while_the_file_fits_half_the_ram():
+    gib = 2**30
+    assert choose_precision(113_149, 768, ram=24 * gib) == "float32"  # the full artifact: 0.35 GB
+    assert choose_precision(4_000_000, 768, ram=24 * gib) == "float32"  # 12.3 GB <= 12 GiB
+    assert choose_precision(10_000_000, 768, ram=24 * gib) == "float16"  # 31 GB: session 10's 284 ms a query
+    assert choose_precision(10_000_000, 768, "float32", ram=24 * gib) == "float32"  # asked for, kept
+    with pytest.raises(ValueError, match="unknown vector precision"):
+        choose_precision(10, 768, "bfloat16")
 
 
 def test_default_settings_find_most_of_the_exact_top_10(tmp_path, keywords):

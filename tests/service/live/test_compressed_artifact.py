@@ -1,9 +1,11 @@
 """The compressed index as a user gets it (issue #24): ``hlm build --index compressed`` makes a
 verified artifact that ``hlm serve`` serves, takes live writes on, and ``hlm compact`` folds.
 
-The tiny profile's 2,000 keywords in IVF32 with 16 lists scanned: its answers are compared with
-the hnswlib artifact built from the same teacher vectors (the static fixture), so the test
-fails if the compressed path loses the neighbours, not only if it errors.
+The tiny profile's 2,000 keywords in IVF32 with 16 lists scanned, the vectors stored as float16
+(``--vector-precision``; float32, the choice at this size, is covered in
+tests/retrieval/test_compressed.py): its answers are compared with the hnswlib artifact built
+from the same teacher vectors (the static fixture), so the test fails if the compressed path
+loses the neighbours, not only if it errors; compaction keeps the precision.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def compressed_artifact(tmp_path_factory, run_hlm, data_dir, static_artifact):
     # is reused: the index is what this build changes.
     cache = static_artifact.parent / "cache"
     env = {"HLM_CACHE_DIR": str(cache)} if cache.is_dir() else {}
-    done = run_hlm("build", "--profile", "tiny", "--index", "compressed", "--gate-share", "0.9", "--out", str(out),
-                   data_dir=data_dir, **env)
+    done = run_hlm("build", "--profile", "tiny", "--index", "compressed", "--vector-precision", "float16",
+                   "--gate-share", "0.9", "--out", str(out), data_dir=data_dir, **env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return out
 
@@ -38,13 +40,20 @@ def ids_of(srv, queries, k=10, encoder="teacher"):
     return [[kw["id"] for kw in res["keywords"]] for res in r.json()["results"]]
 
 
-def test_the_manifest_names_the_compressed_index_and_its_float32_vectors(compressed_artifact):
+def test_the_manifest_names_the_compressed_index_and_its_float16_vectors(compressed_artifact):
     from artifact.manifest import verify
 
     idx = verify(compressed_artifact)["index"]
-    assert idx["library"] == "faiss" and idx["factory"].startswith("IVF") and idx["vectors"] == "index/vectors.f32"
-    assert 1 <= idx["nprobe"] <= idx["lists"] and idx["ef"] >= 10
-    assert (compressed_artifact / idx["vectors"]).stat().st_size == idx["count"] * idx["dim"] * 4
+    assert idx["library"] == "faiss" and idx["factory"].startswith("IVF") and idx["vectors"] == "index/vectors.f16"
+    assert idx["precision"] == "float16" and 1 <= idx["nprobe"] <= idx["lists"] and idx["ef"] >= 10
+    assert (compressed_artifact / idx["vectors"]).stat().st_size == idx["count"] * idx["dim"] * 2
+
+
+def test_an_unknown_vector_precision_is_refused_before_any_work(run_hlm, tmp_path, data_dir):
+    done = run_hlm("build", "--profile", "tiny", "--index", "compressed", "--vector-precision", "int4",
+                   "--out", str(tmp_path / "never"), data_dir=data_dir)
+    assert done.returncode == 2 and "unknown vector precision 'int4'" in done.stderr, done.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_served_writes_and_compaction_on_the_compressed_index(compressed_artifact, static_server, start_server,
@@ -83,6 +92,7 @@ def test_served_writes_and_compaction_on_the_compressed_index(compressed_artifac
 
     folded = verify(out)
     assert folded["index"]["library"] == "faiss" and folded["index"]["count"] == 2000
+    assert folded["index"]["vectors"] == "index/vectors.f16"  # the precision it was built with
     folded_srv = start_server(out, shadow_rate=0, max_queue_wait_ms=0, teacher_max_queue_wait_ms=0)
     folded_srv.wait_for("/readyz")
     again = ids_of(folded_srv, ["cordless drill brushless 20v kit", QUERIES[0]])
