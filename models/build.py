@@ -298,6 +298,7 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     key = hashlib.sha256(json.dumps([recipe, inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id,
                                      texts]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
+    print(f"  training checkpoints: {out_root}")
     table_tokens = None
     if profile.static_table == "texts":
         # Every text the student is trained, validated, exported or gated on (the held-out and
