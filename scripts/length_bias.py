@@ -32,8 +32,7 @@ import numpy as np
 
 from artifact.manifest import verify
 from artifact.store import read_store
-from models.eval.judged import judged_queries, web_dev_queries
-from models.eval.metrics import mean_defined, ndcg_at_k
+from models.eval.judged import judged_queries, ndcg_over_keywords, web_dev_queries
 from retrieval.exact import exact_top_k
 from retrieval.length_prior import rerank
 
@@ -67,9 +66,8 @@ def main() -> None:
     web = web_dev_queries(args.web)
     result = {"artifact": str(args.artifact), "keywords": len(ids)}
 
-    def ndcg(rows) -> float:  # product ids for hd: keywords; any other keyword is unjudged (gain 0)
-        return round(mean_defined(ndcg_at_k([ids[i][3:] if ids[i].startswith("hd:") else ids[i] for i in row],
-                                            j, 10) for row, j in zip(rows, judgments)), 4)
+    def ndcg(rows) -> float:  # rows of keyword labels
+        return ndcg_over_keywords([[ids[i] for i in row] for row in rows], judgments)
 
     for label, queries in (("judged Home Depot dev queries", judged), ("MS MARCO dev queries", web)):
         encoded = {name: enc.encode_many(queries) for name, enc in encoders.items()}

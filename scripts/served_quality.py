@@ -22,8 +22,7 @@ import numpy as np
 
 from artifact.manifest import verify
 from artifact.store import read_store
-from models.eval.judged import judged_queries
-from models.eval.metrics import mean_defined, ndcg_at_k
+from models.eval.judged import judged_queries, ndcg_over_keywords
 from retrieval.exact import exact_top_k
 from retrieval.length_prior import rerank
 from retrieval.lexical import LexicalIndex, rrf
@@ -49,8 +48,7 @@ def main() -> None:
     queries, judgments = judged_queries([k[3:] for k in ids if k.startswith("hd:")], "dev")
 
     def ndcg(rows: list[list[str]]) -> float:
-        return round(mean_defined(ndcg_at_k([i[3:] if i.startswith("hd:") else i for i in row], j, 10)
-                                  for row, j in zip(rows, judgments)), 4)
+        return ndcg_over_keywords(rows, judgments)
 
     encoded = {}
     for name, spec in manifest["encoders"].items():

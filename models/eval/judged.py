@@ -66,6 +66,13 @@ def judged_queries(known_ids, split: str = "dev", limit: int | None = None) -> t
     return queries[:limit], judgments[:limit]
 
 
+def ndcg_over_keywords(rows: Sequence[Sequence[str]], judgments: Sequence[dict[str, float]], k: int = 10) -> float:
+    """Mean nDCG@k of keyword-id result lists over a whole keyword set: an ``hd:`` keyword is
+    scored as its product id, any other keyword is unjudged (gain 0)."""
+    return round(mean_defined(ndcg_at_k([kid[3:] if kid.startswith("hd:") else kid for kid in row], graded, k)
+                              for row, graded in zip(rows, judgments)), 4)
+
+
 def dev_labels(keyword_ids: Sequence[str]) -> dict[str, dict[str, float]]:
     """The dev split's judged queries whose judged products are among ``keyword_ids`` (the build's
     ``hd:<uid>`` ids, models/inputs.py), each with those products' labels by keyword id: what the

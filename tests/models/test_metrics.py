@@ -33,3 +33,12 @@ def test_recall_and_precision():
 
 def test_overlap():
     assert overlap_at_k([1, 2, 3], [3, 2, 9], 3) == pytest.approx(2 / 3)
+
+
+def test_ndcg_over_keywords_scores_hd_keywords_as_their_products_and_others_as_unjudged():
+    from models.eval.judged import ndcg_over_keywords
+
+    judgments = [{"1": 3.0}, {"1": 3.0}]
+    # the judged product first: 1.0; after an unjudged web keyword: 2 / log2(3) over 2
+    assert ndcg_over_keywords([["hd:1", "mq:x"], ["mq:x", "hd:1"]], judgments) == pytest.approx(
+        round((1.0 + 1 / math.log2(3)) / 2, 4))
