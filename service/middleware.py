@@ -254,6 +254,10 @@ class EdgeMiddleware:
         runtime = self.state.runtime
         if runtime is None or self.state.phase is not Phase.READY:
             return None
+        if scope.get("hlm.gate_asked"):
+            # The HTTP protocol judged this search already (an inline encoder's, admitted): no
+            # second parse of its body here (service/server.py ``_refused_search``).
+            return None
         try:
             data = from_json(body)
         except ValueError:
@@ -277,7 +281,7 @@ class EdgeMiddleware:
         if slot.inline and scope["path"] == "/v1/search":
             # Judged by the loop gate (service/loopgate.py): in the protocol, before any task, for
             # the usual small body; here for a large one the protocol did not wait for.
-            if self.gate is None or scope.get("hlm.gate_asked") or "hlm.arrived" not in scope:
+            if self.gate is None or "hlm.arrived" not in scope:
                 return None
             scope["hlm.gate_asked"] = True
             wait = self.gate.admit(client)
