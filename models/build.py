@@ -267,6 +267,9 @@ def _finetune_teacher_in_build(profile, threads) -> tuple[Path | None, dict]:
     return run_phase1(config, profile.phase1_judge_titles, profile.gate_queries)
 
 
+NOT_IN_STUDENT_KEY = ("index", "hnsw_", "phase1_")
+
+
 def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teacher_folder=None) -> Path:
     """Run the profile's training phases on its own data; returns the final checkpoint.
 
@@ -292,9 +295,11 @@ def _distill_in_build(profile, inputs, keyword_vectors, teacher, threads, teache
     # Keyed by the keyword texts themselves too: a change of the text clean-up (HTML entities
     # decoded since #26) must not resume a training on the old texts.
     texts = hashlib.sha256("\n".join(inputs.keyword_texts).encode()).hexdigest()
-    # The index the artifact holds does not change the training: an hnswlib and a compressed
-    # build of one profile share their student.
-    recipe = {k: v for k, v in asdict(profile).items() if not k.startswith("index")}
+    # Fields that do not change the training stay out of the key, so adding or changing one
+    # does not throw away hours of checkpoints: the index the artifact holds (an hnswlib and a
+    # compressed build of one profile share their student), and phase 1's settings (the teacher
+    # they make is in the key as teacher_id, the fine-tuned teacher's own cache key).
+    recipe = {k: v for k, v in asdict(profile).items() if not k.startswith(NOT_IN_STUDENT_KEY)}
     key = hashlib.sha256(json.dumps([recipe, inputs.keyword_ids[:50], len(inputs.keyword_ids), teacher_id,
                                      texts]).encode()).hexdigest()[:12]
     out_root = CACHE_DIR / "distill" / f"{profile.name}-{profile.student}-{key}"
