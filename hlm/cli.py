@@ -63,8 +63,8 @@ def build(
             from retrieval.compressed import choose_precision
 
             choose_precision(0, 0, vector_precision)  # an unknown name stops here, before any work
-        run_build(get_profile(profile, student=student, index=index, index_precision=vector_precision), out, data_dir, student_checkpoint, threads, gate_share,
-                  allow_below_gate)
+        run_build(get_profile(profile, student=student, index=index, index_precision=vector_precision), out, data_dir,
+                  student_checkpoint, threads, gate_share, allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:
         typer.echo(f"hlm build: {exc}", err=True)
         raise typer.Exit(2)
