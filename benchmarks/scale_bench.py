@@ -5,7 +5,8 @@ batch 1, the efs and indexes taking turns round by round: the median round's mea
 p99 over every query of every round), RAM and disk per keyword,
 build time. hnswlib is the artifact's graph (full vectors + links in RAM); "compressed" is
 ``retrieval.compressed`` (faiss IVF + 4-bit PQ codes in RAM, float32 or float16 vectors
-memory-mapped for the exact re-rank, ``--precision``), timed through ``CompressedVectors.search_labels`` against hnswlib's own
+memory-mapped for the exact re-rank, ``--precision``), timed through
+``CompressedVectors.search_labels`` against hnswlib's own
 ``knn_query``: the search itself, no keyword table, on both sides.
 
 Sizes: ``0`` is the artifact's real keyword set; N > 0 a synthetic set of N points drawn

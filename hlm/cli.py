@@ -60,9 +60,9 @@ def build(
         if index is not None and index not in ("hnswlib", "compressed"):
             raise ValueError(f"unknown index {index!r}; choose hnswlib or compressed")
         if vector_precision is not None:
-            from retrieval.compressed import choose_precision
+            from retrieval.compressed import check_precision
 
-            choose_precision(0, 0, vector_precision)  # an unknown name stops here, before any work
+            check_precision(vector_precision)  # an unknown name stops here, before any work
         run_build(get_profile(profile, student=student, index=index, index_precision=vector_precision), out, data_dir,
                   student_checkpoint, threads, gate_share, allow_below_gate)
     except (DataError, ArtifactError, ValueError) as exc:

@@ -96,11 +96,16 @@ def ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def check_precision(precision: str) -> None:
+    """ValueError, in one sentence, for a name that is not one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown vector precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 def choose_precision(rows: int, dim: int, precision: str = "auto", ram: Optional[int] = None) -> str:
     """``precision`` itself, or for "auto": float32 while its file fits in half of ``ram``
     (default: this machine's), float16 past that (the re-rank must read from the page cache)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown vector precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision != "auto":
         return precision
     return "float32" if rows * dim * 4 <= (ram or ram_bytes()) // 2 else "float16"
@@ -202,9 +207,10 @@ class CompressedVectors:
         self._fp16 = None
         if dtype == np.float16:
             self._fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        if size > ram_bytes() // 2:
+        ram = ram_bytes()
+        if size > ram // 2:
             log.warning("%s is %.1f GB, more than half this machine's %.1f GB of RAM: the re-rank's reads may go to "
-                        "disk (docs/SCALE.md)", Path(vectors_path).name, size / 1e9, ram_bytes() / 1e9)
+                        "disk (docs/SCALE.md)", Path(vectors_path).name, size / 1e9, ram / 1e9)
         self.rows, self.dim, self.nprobe = rows, dim, nprobe
         self.extra: dict[int, np.ndarray] = {}  # full vectors of live upserts (not in the file)
         self._params: dict[int, Any] = {}  # faiss search parameters per nprobe, made once

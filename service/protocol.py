@@ -129,10 +129,11 @@ class SearchRequest(_QueriesIn):
     )
 
     length_prior: Optional[float] = Field(
-        None, ge=0.0, le=MAX_LENGTH_PRIOR, allow_inf_nan=False, description="Re-rank the search's ef candidates by cosine + "
+        None, ge=0.0, le=MAX_LENGTH_PRIOR, allow_inf_nan=False,
+        description="Re-rank the search's ef candidates by cosine + "
         f"weight * ln(words of the keyword), 0 to {MAX_LENGTH_PRIOR} (default HLM_LENGTH_PRIOR; 0 = off); a hit's "
-        "`score` is then that sum. 0.02 removed the static student's pull to short, broad keywords on the full index and lifted judged dev nDCG@10 over it "
-        "8.7 % (docs/RESULTS.md)."
+        "`score` is then that sum. 0.02 removed the static student's pull to short, broad keywords on the full "
+        "index and lifted judged dev nDCG@10 over it 8.7 % (docs/RESULTS.md)."
     )
 
     @field_validator("filter")

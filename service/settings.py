@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     # Search parameters a request may choose, and their bounds.
     default_k: int = Field(10, ge=1, description="k when a request names none.")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
-    length_prior: float = Field(0.0, ge=0.0, le=MAX_LENGTH_PRIOR, description="A search's length prior when it names none: its "
+    length_prior: float = Field(0.0, ge=0.0, le=MAX_LENGTH_PRIOR,
+                                description="A search's length prior when it names none: its "
                                 "ef candidates re-ranked by cosine + weight * ln(words of the keyword); 0 = off. "
                                 "0.02 removed the student's pull to short keywords on the full index (docs/RESULTS.md).")
     ef: Optional[int] = Field(None, ge=1, description="HNSW ef when a request names none; default: the manifest's index.ef.")

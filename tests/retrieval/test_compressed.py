@@ -77,6 +77,7 @@ def test_auto_precision_is_float32_while_the_file_fits_half_the_ram():
     assert choose_precision(113_149, 768, ram=24 * gib) == "float32"  # the full artifact: 0.35 GB
     assert choose_precision(4_000_000, 768, ram=24 * gib) == "float32"  # 12.3 GB <= 12 GiB
     assert choose_precision(10_000_000, 768, ram=24 * gib) == "float16"  # 31 GB: session 10's 284 ms a query
+    assert choose_precision(10_000_000, 768, ram=48 * gib) == "float16"  # fits the RAM, but not half of it
     assert choose_precision(10_000_000, 768, "float32", ram=24 * gib) == "float32"  # asked for, kept
     with pytest.raises(ValueError, match="unknown vector precision"):
         choose_precision(10, 768, "bfloat16")
